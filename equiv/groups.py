@@ -1,0 +1,156 @@
+"""Symmetry groups: spec names -> escnn gspaces, and group elements acting on image tensors.
+
+A group is a name plus an integer, as in escnn (`rot2dOnR2(N)`): `trivial`, `flip`, `C<N>`, `D<N>`, `SO2`, `O2`.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+VALID_FORMS = "trivial, flip, C<N> (e.g. C4, C8, C16), D<N> (e.g. D4, D8), SO2, O2"
+_PATTERN = re.compile(r"^(trivial|flip|SO2|O2|C(\d+)|D(\d+))$")
+
+
+class GroupError(ValueError):
+    """A group name that does not parse; the message lists the valid forms."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """A subgroup of O(2) acting on the plane.
+
+    kind: one of trivial, flip, C, D, SO2, O2. order: N for C/D (1 for trivial, 2 for flip, 0 if continuous).
+    max_frequency: band limit of the Fourier fields used for the continuous groups SO2 and O2.
+    """
+
+    kind: str
+    order: int
+    max_frequency: int = 3
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.order}" if self.kind in ("C", "D") else self.kind
+
+    @property
+    def continuous(self) -> bool:
+        return self.kind in ("SO2", "O2")
+
+    @property
+    def has_reflections(self) -> bool:
+        return self.kind in ("flip", "D", "O2")
+
+    @property
+    def rotation_order(self) -> int:
+        """N for C_N/D_N, 1 for trivial/flip, 0 (meaning 'every angle') for SO2/O2."""
+        if self.kind in ("C", "D"):
+            return self.order
+        return 0 if self.continuous else 1
+
+    def contains_rotation(self, degrees: float) -> bool:
+        """Whether rotating by `degrees` is an element of the group."""
+        if self.continuous:
+            return True
+        step = 360.0 / self.rotation_order
+        return math.isclose((degrees / step) % 1.0, 0.0, abs_tol=1e-9) or math.isclose(
+            (degrees / step) % 1.0, 1.0, abs_tol=1e-9
+        )
+
+
+def parse_group(name: str, max_frequency: int = 3) -> Group:
+    """Parse a spec's group name (`D4`, `SO2`, ...) into a Group, or raise GroupError listing the valid forms."""
+    match = _PATTERN.match(str(name).strip())
+    if match is None:
+        raise GroupError(f"unknown group {name!r}; valid forms: {VALID_FORMS}")
+    if max_frequency < 1:
+        raise GroupError(f"max_frequency must be >= 1 for {name!r}, got {max_frequency}")
+    text, c_order, d_order = match.groups()
+    if c_order is not None or d_order is not None:
+        order = int(c_order or d_order)
+        if order < 1:
+            raise GroupError(f"group order must be >= 1 in {name!r}; valid forms: {VALID_FORMS}")
+        return Group(kind=text[0], order=order, max_frequency=max_frequency)
+    order = {"trivial": 1, "flip": 2}.get(text, 0)
+    return Group(kind=text, order=order, max_frequency=max_frequency)
+
+
+def _import_escnn():
+    # py3nj is only needed for SO(3); escnn warns at import when it is absent.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from escnn import gspaces
+    return gspaces
+
+
+@lru_cache(maxsize=None)
+def gspace(group: Group):
+    """The escnn gspace on R^2 for a group (cached: gspaces are immutable and costly to build)."""
+    gspaces = _import_escnn()
+    if group.kind == "trivial":
+        return gspaces.trivialOnR2()
+    if group.kind == "flip":
+        return gspaces.flip2dOnR2()
+    if group.kind == "C":
+        return gspaces.rot2dOnR2(N=group.order)
+    if group.kind == "D":
+        return gspaces.flipRot2dOnR2(N=group.order)
+    if group.kind == "SO2":
+        return gspaces.rot2dOnR2(N=-1, maximum_frequency=max(6, 2 * group.max_frequency))
+    return gspaces.flipRot2dOnR2(N=-1, maximum_frequency=max(6, 2 * group.max_frequency))
+
+
+@dataclass(frozen=True)
+class GridElement:
+    """A group element that maps the pixel grid onto itself: `flip` (mirror the width axis) then rotate k*90 deg."""
+
+    quarter_turns: int
+    flip: bool
+
+    @property
+    def name(self) -> str:
+        return f"rot{90 * self.quarter_turns}" + ("+flip" if self.flip else "")
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Act on a (..., H, W) tensor: counter-clockwise rotation in the usual image display."""
+        if self.flip:
+            x = torch.flip(x, dims=(-1,))
+        return torch.rot90(x, self.quarter_turns, dims=(-2, -1))
+
+
+def grid_elements(group: Group, include_identity: bool = True) -> list[GridElement]:
+    """The group's elements that are exact on a square pixel grid: rotations by multiples of 90 deg, mirror flips."""
+    turns = [k for k in range(4) if group.contains_rotation(90.0 * k)]
+    flips = [False, True] if group.has_reflections else [False]
+    elements = [GridElement(k, f) for f in flips for k in turns]
+    return elements if include_identity else [e for e in elements if e.quarter_turns or e.flip]
+
+
+def rotation_angles(group: Group, count: int = 16) -> list[float]:
+    """Rotation angles (degrees) in the group that are NOT multiples of 90 deg, for off-grid error reports."""
+    if group.continuous:
+        return [360.0 * i / count for i in range(count) if (360.0 * i / count) % 90]
+    step = 360.0 / group.rotation_order
+    return [step * k for k in range(group.rotation_order) if (step * k) % 90]
+
+
+def rotate(x: torch.Tensor, degrees: float, padding_mode: str = "reflection") -> torch.Tensor:
+    """Rotate a (B, C, H, W) batch counter-clockwise by any angle, bilinear, keeping the size.
+
+    Reflection padding fills the corners with tissue instead of black, which would itself be a cue.
+    Multiples of 90 deg are done exactly with rot90.
+    """
+    quarter = degrees / 90.0
+    if math.isclose(quarter, round(quarter), abs_tol=1e-9):
+        return torch.rot90(x, int(round(quarter)) % 4, dims=(-2, -1))
+    theta = math.radians(degrees)
+    cos, sin = math.cos(theta), math.sin(theta)
+    # affine_grid maps output coords to input coords; this matrix rotates the content counter-clockwise
+    # in display orientation (row index grows downwards), matching torch.rot90(k=1).
+    matrix = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(matrix.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)

@@ -1,0 +1,56 @@
+"""Test sessions. `nox -s tests` is the one CI and README use; the others are opt-in.
+
+Each session installs the locked project (uv.lock) into its own virtualenv with uv.
+"""
+from __future__ import annotations
+
+import glob
+import shutil
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def install(session: nox.Session) -> None:
+    """Install exactly what uv.lock pins (project + dev group) into the session's virtualenv."""
+    session.run_install(
+        "uv", "sync", "--frozen", "--group", "dev", "--inexact",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        silent=True,
+    )
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Fast suite (< 15 min on 2 cores): unit, property (hypothesis `ci` profile) and small end-to-end tests."""
+    install(session)
+    session.run("pytest", "-q", "-ra", *session.posargs, env={"HYPOTHESIS_PROFILE": "ci"})
+
+
+@nox.session
+def heavy(session: nox.Session) -> None:
+    """Slow tests (marked `heavy`) and the `thorough` hypothesis profile."""
+    install(session)
+    session.run("pytest", "-q", "-ra", "-m", "heavy or not browser", *session.posargs,
+                env={"HYPOTHESIS_PROFILE": "thorough"})
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """Opens the HTML report in Debian's headless chromium; installs it with apt-get when missing."""
+    if shutil.which("chromium") is None:
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "chromium", external=True)
+    install(session)
+    session.run("pytest", "-q", "-ra", "-m", "browser", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: print measured numbers (speed and memory ratios live here, not in timed tests)."""
+    install(session)
+    for script in sorted(glob.glob("tests/benchmarks/bench_*.py")):
+        session.run("python", script, *session.posargs)

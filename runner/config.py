@@ -1,0 +1,91 @@
+"""The resolved configuration of one job: frozen dataclasses that code inside the runner trusts.
+
+`runner.spec` validates TOML into these at the edge; `runner.grid` expands a spec into one JobConfig per job.
+Field comments are the user documentation's source: keep them short and say the allowed values.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+TASKS = ("classification", "segmentation")
+SOURCES = ("synthetic", "pcam", "folder", "arrays")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+GEOMETRIC_AUGMENTS = ("none", "flip", "rot90", "d4", "rotate")
+CLASSIFIER_FAMILIES = ("cnn", "gcnn")
+SEGMENTER_FAMILIES = ("unet", "gunet")
+FAMILIES = CLASSIFIER_FAMILIES + SEGMENTER_FAMILIES
+MATCH_MODES = ("params", "channels")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "synthetic"  # synthetic | pcam | folder | arrays
+    root: str = ""  # pcam: folder with camelyonpatch_level_2_split_*.h5[.gz]; folder: images/ + masks/
+    path: str = ""  # arrays: an .npz or .h5 holding `image` and `mask`
+    fraction: float = 1.0  # share of the training split used (stratified, seeded): a data-efficiency axis
+    train_size: int = 2000  # synthetic: patches generated; pcam: stratified cap (0 = all 262,144)
+    valid_size: int = 500  # as train_size, for the validation split
+    test_size: int = 500  # as train_size, for the test split
+    image_size: int = 96  # synthetic patch side; segmentation tile side for folder/arrays
+    seed: int = 0  # data generation and split seed (independent of the training seed)
+    in_memory: bool = True  # load the (sub)set into RAM; False streams batches from HDF5
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 2
+    batch_size: int = 64
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # constant | cosine | step (x0.1 at 50 % and 75 % of epochs)
+    early_stopping: int = 0  # patience in epochs without validation improvement; 0 = off
+    checkpoint_minutes: float = 10.0  # also checkpoint within an epoch after this many minutes
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU/MPS)
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    geometric: str = "none"  # none | flip | rot90 | d4 | rotate (continuous angle, no black corners)
+    stain: float = 0.0  # HED stain jitter strength (std of the per-channel scale/shift), 0 = off
+    brightness: float = 0.0  # max relative brightness change, 0 = off
+    contrast: float = 0.0  # max relative contrast change, 0 = off
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str = "cnn"  # cnn | gcnn (classification); unet | gunet (segmentation)
+    group: str = "trivial"  # trivial | flip | C<N> | D<N> | SO2 | O2 (equivariant families only)
+    width: int = 16  # channels of the plain CNN's first stage (the G-CNN matches it, see `match`)
+    depth: int = 3  # number of stages (each halves the resolution)
+    kernel_size: int = 5
+    dropout: float = 0.0
+    match: str = "params"  # params: same parameter count as the plain model | channels: same field count
+    max_frequency: int = 3  # band limit of SO2/O2 Fourier fields
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    # Test-time rotation angles (degrees) for the accuracy-vs-angle curve.
+    rotation_angles: tuple[float, ...] = tuple(float(a) for a in range(0, 360, 15))
+    invariance: bool = True  # measure invariance/equivariance error on test inputs at the end of a job
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything that defines one job. Its canonical JSON (minus non-semantic fields) is hashed into the job key."""
+
+    experiment: str
+    task: str
+    seed: int
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,19 @@
+"""Shared test settings: hypothesis profiles and the py3nj warning filter.
+
+Profiles: `ci` (default; few examples so `nox -s tests` stays fast on 2 cores), `dev`, `thorough` (`nox -s heavy`).
+Pick one with HYPOTHESIS_PROFILE.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+from hypothesis import HealthCheck, settings
+
+warnings.filterwarnings("ignore", message=".*py3nj.*")
+
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=6, deadline=None, suppress_health_check=_SLOW_OK, derandomize=True)
+settings.register_profile("dev", max_examples=15, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile("thorough", max_examples=100, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
