@@ -71,6 +71,7 @@ class ModelSpec:
 class EvalSpec:
     # Test-time rotation angles (degrees) for the accuracy-vs-angle curve.
     rotation_angles: tuple[float, ...] = tuple(float(a) for a in range(0, 360, 15))
+    rotation_samples: int = 512  # test images (seeded subset) evaluated at each angle
     invariance: bool = True  # measure invariance/equivariance error on test inputs at the end of a job
 
 

@@ -4,7 +4,13 @@ SQLite (WAL, busy timeout) at `<root>/results.db` by default; any SQLAlchemy URL
 """
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -16,9 +22,16 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    create_engine,
+    delete,
+    event,
     func,
+    inspect,
+    select,
+    update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 SCHEMA_VERSION = 1
 JOB_STATUSES = ("queued", "running", "done", "failed", "interrupted")
@@ -117,3 +130,235 @@ class ArtifactModel(BaseModel):
     name: Mapped[str] = mapped_column(String(64), nullable=False)
     media_type: Mapped[str] = mapped_column(String(64), nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+# ---- connection and session ------------------------------------------------------------------------------------
+
+class DatabaseError(Exception):
+    """A database problem with the next step in its message."""
+
+
+def make_engine(url: str):
+    """An engine for `url`; SQLite gets WAL (readers never block the writer) and a busy timeout."""
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+    cursor.close()
+
+
+class Database:
+    """The results database. Every public method is one transaction."""
+
+    def __init__(self, url: str, create: bool = True):
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._check_schema(create)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on error; driver errors become DatabaseError."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            raise DatabaseError(
+                f"database {self.url} failed: {exc.orig}. If it says 'locked', another process holds a long "
+                "write; retry, or give each machine its own database with --db."
+            ) from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _check_schema(self, create: bool) -> None:
+        inspector = inspect(self.engine)
+        if not inspector.has_table("schema_versions"):
+            if inspector.get_table_names():
+                raise DatabaseError(f"{self.url} holds tables that are not a results database; use another --db")
+            if not create:
+                raise DatabaseError(f"{self.url} has no results yet; run a spec first: python -m runner SPEC")
+            BaseModel.metadata.create_all(self.engine)
+            with self.session() as s:
+                s.add(SchemaVersionModel(version=SCHEMA_VERSION))
+            return
+        with self.session() as s:
+            version = s.scalar(select(func.max(SchemaVersionModel.version)))
+        if version != SCHEMA_VERSION:
+            newer = (version or 0) > SCHEMA_VERSION
+            raise DatabaseError(
+                f"{self.url} has schema version {version}; this runner reads version {SCHEMA_VERSION}. "
+                + ("Upgrade the runner (pip install -U / git pull)." if newer
+                   else "Export what you need with `python -m runner report`, then start a new database with --db.")
+            )
+
+    # ---- experiments and jobs ------------------------------------------------------------------------------------
+
+    def sync_experiment(self, name: str, task: str, spec_path: str, spec_toml: str,
+                        jobs: list[tuple[str, str, dict[str, Any]]]) -> tuple[int, int]:
+        """Create the experiment if new and insert the jobs it does not have yet; return (experiment_id, added)."""
+        with self.session() as s:
+            experiment = s.scalar(select(ExperimentModel).where(ExperimentModel.name == name))
+            if experiment is None:
+                experiment = ExperimentModel(name=name, task=task, spec_path=spec_path, spec_toml=spec_toml)
+                s.add(experiment)
+                s.flush()
+            elif experiment.task != task:
+                raise DatabaseError(f"experiment {name!r} already exists with task {experiment.task!r}; "
+                                    "rename [experiment].name or use another --db")
+            else:
+                experiment.spec_path, experiment.spec_toml = spec_path, spec_toml
+            known = set(s.scalars(select(JobModel.key).where(JobModel.experiment_id == experiment.experiment_id)))
+            added = 0
+            for key, label, config in jobs:
+                if key in known:
+                    continue
+                s.add(JobModel(experiment_id=experiment.experiment_id, key=key, label=label,
+                               config_json=json.dumps(config, sort_keys=True), family=config["model"]["family"],
+                               group_name=config["model"]["group"], seed=config["seed"], status="queued"))
+                added += 1
+            return experiment.experiment_id, added
+
+    def jobs(self, experiment_id: int, keys: list[str] | None = None) -> list[JobModel]:
+        with self.session() as s:
+            query = select(JobModel).where(JobModel.experiment_id == experiment_id).order_by(JobModel.job_id)
+            rows = list(s.scalars(query))
+        return [r for r in rows if keys is None or r.key in set(keys)]
+
+    def requeue(self, experiment_id: int, keys: list[str], statuses: tuple[str, ...]) -> int:
+        """Put jobs with one of `statuses` back in the queue (for --retry-failed and --force)."""
+        with self.session() as s:
+            result = s.execute(update(JobModel).where(
+                JobModel.experiment_id == experiment_id, JobModel.key.in_(keys), JobModel.status.in_(statuses)
+            ).values(status="queued", error=None, traceback=None))
+            return result.rowcount
+
+    def claim(self, experiment_id: int, keys: list[str], worker: str) -> JobModel | None:
+        """Atomically take the next queued or interrupted job among `keys`; None when none is left.
+
+        The conditional UPDATE succeeds for exactly one process even when several race for the same row.
+        """
+        claimable = ("queued", "interrupted")
+        with self.session() as s:
+            candidates = list(s.scalars(select(JobModel.job_id).where(
+                JobModel.experiment_id == experiment_id, JobModel.key.in_(keys), JobModel.status.in_(claimable)
+            ).order_by(JobModel.job_id)))
+        for job_id in candidates:
+            with self.session() as s:
+                result = s.execute(update(JobModel).where(
+                    JobModel.job_id == job_id, JobModel.status.in_(claimable)
+                ).values(status="running", worker=worker, attempts=JobModel.attempts + 1,
+                         started_at=func.now(), heartbeat_at=func.now(), finished_at=None))
+                if result.rowcount == 1:
+                    return s.get(JobModel, job_id)
+        return None
+
+    def heartbeat(self, job_id: int, worker: str) -> None:
+        with self.session() as s:
+            s.execute(update(JobModel).where(JobModel.job_id == job_id, JobModel.worker == worker)
+                      .values(heartbeat_at=func.now()))
+
+    def reclaim_stale(self, experiment_id: int, grace_seconds: float) -> list[str]:
+        """Mark running jobs whose heartbeat (database clock) is older than the grace period as interrupted."""
+        with self.session() as s:
+            now = s.scalar(select(func.now()))
+            if isinstance(now, str):
+                now = datetime.fromisoformat(now)
+            limit = now - timedelta(seconds=grace_seconds)
+            stale = list(s.scalars(select(JobModel).where(
+                JobModel.experiment_id == experiment_id, JobModel.status == "running", JobModel.heartbeat_at < limit
+            )))
+            for job in stale:
+                job.status, job.error = "interrupted", f"worker {job.worker} stopped sending heartbeats"
+            return [job.label for job in stale]
+
+    def set_provenance(self, job_id: int, **fields: Any) -> None:
+        with self.session() as s:
+            s.execute(update(JobModel).where(JobModel.job_id == job_id).values(**fields))
+
+    def record_epochs(self, job_id: int, history: list[tuple[int, dict[str, float]]]) -> None:
+        """Write per-epoch metrics, replacing rows of the same epochs (a resumed job may redo an epoch)."""
+        with self.session() as s:
+            epochs = [epoch for epoch, _ in history]
+            s.execute(delete(EpochMetricModel).where(EpochMetricModel.job_id == job_id,
+                                                     EpochMetricModel.epoch.in_(epochs)))
+            s.add_all(EpochMetricModel(job_id=job_id, epoch=epoch, name=name, value=_finite(value))
+                      for epoch, metrics in history for name, value in metrics.items())
+
+    def finish(self, job_id: int, worker: str, final: dict[str, float], rotation: list[tuple[float, str, float]],
+               artifacts: dict[str, tuple[str, bytes]], params: int | None) -> None:
+        """Write a job's results and mark it done, all in one transaction."""
+        with self.session() as s:
+            for model in (FinalMetricModel, RotationMetricModel, ArtifactModel):
+                s.execute(delete(model).where(model.job_id == job_id))
+            s.add_all(FinalMetricModel(job_id=job_id, name=k, value=_finite(v)) for k, v in final.items())
+            s.add_all(RotationMetricModel(job_id=job_id, angle=a, name=n, value=_finite(v)) for a, n, v in rotation)
+            s.add_all(ArtifactModel(job_id=job_id, name=k, media_type=t, data=d) for k, (t, d) in artifacts.items())
+            s.execute(update(JobModel).where(JobModel.job_id == job_id).values(
+                status="done", finished_at=func.now(), params=params, error=None, traceback=None))
+
+    def mark(self, job_id: int, status: str, error: str | None = None, traceback: str | None = None) -> None:
+        """Mark a job failed or interrupted (with the error and traceback)."""
+        with self.session() as s:
+            s.execute(update(JobModel).where(JobModel.job_id == job_id).values(
+                status=status, finished_at=func.now(), error=error, traceback=traceback))
+
+    # ---- reading -------------------------------------------------------------------------------------------------
+
+    def experiments(self) -> list[ExperimentModel]:
+        with self.session() as s:
+            return list(s.scalars(select(ExperimentModel).order_by(ExperimentModel.experiment_id)))
+
+    def status_counts(self) -> list[tuple[str, dict[str, int]]]:
+        """(experiment name, {status: job count}) for every experiment."""
+        with self.session() as s:
+            rows = s.execute(select(ExperimentModel.name, JobModel.status, func.count())
+                             .join(JobModel, JobModel.experiment_id == ExperimentModel.experiment_id)
+                             .group_by(ExperimentModel.name, JobModel.status).order_by(ExperimentModel.name))
+            out: dict[str, dict[str, int]] = {}
+            for name, status, count in rows:
+                out.setdefault(name, {})[status] = count
+        return list(out.items())
+
+    def find_job(self, prefix: str) -> JobModel:
+        """A job by its id, key or key prefix; DatabaseError listing what matched when it is not unique."""
+        with self.session() as s:
+            query = select(JobModel).where(JobModel.key.startswith(prefix))
+            if prefix.isdigit():
+                query = select(JobModel).where((JobModel.job_id == int(prefix)) | JobModel.key.startswith(prefix))
+            rows = list(s.scalars(query.limit(6)))
+        if len(rows) != 1:
+            found = ", ".join(f"{r.job_id}:{r.key}" for r in rows) or "none"
+            raise DatabaseError(f"job {prefix!r} matches {found}; give a job id or more of its key "
+                                "(python -m runner status lists them)")
+        return rows[0]
+
+    def metrics_of(self, job_id: int) -> tuple[list[EpochMetricModel], list[FinalMetricModel]]:
+        with self.session() as s:
+            epochs = list(s.scalars(select(EpochMetricModel).where(EpochMetricModel.job_id == job_id)
+                                    .order_by(EpochMetricModel.epoch, EpochMetricModel.name)))
+            final = list(s.scalars(select(FinalMetricModel).where(FinalMetricModel.job_id == job_id)
+                                   .order_by(FinalMetricModel.name)))
+        return epochs, final
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN/inf become NULL: portable across databases and honest in reports ('missing', not 'nan')."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

@@ -1,0 +1,156 @@
+"""Sub-commands and exit codes. `python -m runner SPEC [key=value ...]` runs a spec; the rest inspect results.
+
+Exit codes: 0 done, 1 some job failed, 2 bad input (spec, data, database), 130 interrupted (rerun to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from runner.db import Database, DatabaseError
+from runner.spec import SpecError, read_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+COMMANDS = ("run", "report", "status", "show", "schema")
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("RUNNER_ROOT", "runs"))
+
+
+def db_url(args) -> str:
+    return args.db or f"sqlite:///{Path(args.root) / 'results.db'}"
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=str(default_root()),
+                        help="run-state folder: results.db, checkpoints/, data/, report/ (env RUNNER_ROOT; default runs)")
+    common.add_argument("--db", default=None, help="SQLAlchemy URL of the results database (default: ROOT/results.db)")
+    top = argparse.ArgumentParser(prog="python -m runner", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="run a spec (the default: python -m runner SPEC)")
+    run.add_argument("spec", help="a TOML spec, e.g. specs/d4_grid.toml")
+    run.add_argument("overrides", nargs="*", help="dotted KEY=VALUE applied before expansion, e.g. train.epochs=3")
+    run.add_argument("--dry-run", action="store_true", help="print the job table and write nothing")
+    run.add_argument("--workers", type=int, default=1, help="jobs run in parallel (one per GPU where there are several)")
+    run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
+    run.add_argument("--force", action="store_true", help="run every job again from scratch")
+    run.add_argument("--stale-after", type=float, default=300.0,
+                     help="seconds without a heartbeat after which a running job is taken over (default 300)")
+    report = sub.add_parser("report", parents=[common], help="tables and figures from the database")
+    report.add_argument("--experiment", default=None)
+    report.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
+    sub.add_parser("status", parents=[common], help="jobs by status per experiment")
+    show = sub.add_parser("show", parents=[common], help="one job: config, metrics, error")
+    show.add_argument("job", help="job id or (a prefix of) its key")
+    sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "run")
+    args = parser().parse_args(argv)
+    try:
+        return COMMAND_FUNCTIONS[args.command](args)
+    except (SpecError, DatabaseError) as exc:
+        errors.print(f"error: {exc}")
+        return EXIT_BAD_INPUT
+
+
+def cmd_run(args) -> int:
+    from runner.data import DataError
+    from runner.grid import expand
+    from runner.run import RunRequest, run_spec
+
+    if args.workers < 1:
+        errors.print("error: --workers must be >= 1")
+        return EXIT_BAD_INPUT
+    spec = read_spec(args.spec, args.overrides)
+    request = RunRequest(spec=spec, jobs=tuple(expand(spec)), root=Path(args.root), db_url=db_url(args),
+                         workers=args.workers, retry_failed=args.retry_failed, force=args.force,
+                         stale_after=args.stale_after, dry_run=args.dry_run)
+    try:
+        return run_spec(request, console)
+    except DataError as exc:
+        errors.print(f"error: {exc}\nNothing was run or written.")
+        return EXIT_BAD_INPUT
+
+
+def cmd_report(args) -> int:
+    import reports
+
+    out = Path(args.out) if args.out else Path(args.root) / "report"
+    try:
+        result = reports.render(db_url(args), out, experiment=args.experiment)
+    except reports.ReportError as exc:
+        errors.print(f"error: {exc}")
+        return EXIT_BAD_INPUT
+    console.print(result.summary)
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    db = Database(db_url(args), create=False)
+    table = Table(title=f"jobs in {db.url}")
+    for column in ("experiment", "queued", "running", "done", "failed", "interrupted"):
+        table.add_column(column)
+    for experiment, counts in db.status_counts():
+        table.add_row(experiment, *(str(counts.get(s, 0)) for s in ("queued", "running", "done", "failed",
+                                                                    "interrupted")))
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    db = Database(db_url(args), create=False)
+    job = db.find_job(args.job)
+    epochs, final = db.metrics_of(job.job_id)
+    console.print(f"job {job.job_id} {job.key} '{job.label}': {job.status} (attempts {job.attempts}, "
+                  f"device {job.device}, commit {job.git_commit}{' dirty' if job.git_dirty else ''})")
+    console.print_json(job.config_json)
+    if final:
+        console.print("final: " + ", ".join(f"{m.name}={m.value:.4g}" if m.value is not None else f"{m.name}=n/a"
+                                            for m in final))
+    if epochs:
+        console.print(_epoch_table(epochs))
+    if job.error:
+        console.print(f"error: {job.error}\n{job.traceback or ''}")
+    return EXIT_OK
+
+
+def _epoch_table(epochs) -> Table:
+    names = sorted({m.name for m in epochs})
+    table = Table("epoch", *names)
+    by_epoch: dict[int, dict[str, float | None]] = {}
+    for m in epochs:
+        by_epoch.setdefault(m.epoch, {})[m.name] = m.value
+    for epoch, values in sorted(by_epoch.items()):
+        table.add_row(str(epoch + 1), *(_cell(values.get(n)) for n in names))
+    return table
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def cmd_schema(_args) -> int:
+    from runner.schema import json_schema
+
+    console.print_json(json.dumps(json_schema()))
+    return EXIT_OK
+
+
+COMMAND_FUNCTIONS = {"run": cmd_run, "report": cmd_report, "status": cmd_status, "show": cmd_show,
+                     "schema": cmd_schema}

@@ -1,0 +1,32 @@
+"""Where a job runs: CUDA when present (one GPU per worker), then Apple's MPS, else the CPU."""
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(worker_index: int = 0) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", worker_index % torch.cuda.device_count())
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index} ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: the GPU allocator's peak on CUDA, else the resident set's peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    except ImportError:  # Windows
+        return float("nan")

@@ -1,0 +1,108 @@
+"""One `python -m runner SPEC`: check inputs, sync the jobs into the database, run what is left, summarise.
+
+Nothing touches the database or the disk until the spec and every data source it names have been checked.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from runner import execute
+from runner.data import check_source
+from runner.db import Database
+from runner.grid import Job
+from runner.spec import Spec
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    spec: Spec
+    jobs: tuple[Job, ...]
+    root: Path
+    db_url: str
+    workers: int = 1
+    retry_failed: bool = False
+    force: bool = False
+    stale_after: float = 300.0
+    dry_run: bool = False
+
+
+def run_spec(request: RunRequest, console: Console) -> int:
+    check_sources(request)
+    if request.dry_run:
+        console.print(job_table(request.jobs, title=f"{request.spec.name}: {len(request.jobs)} jobs (dry run)"))
+        return EXIT_OK
+    db = Database(request.db_url)
+    experiment_id, added = db.sync_experiment(
+        request.spec.name, request.spec.task, request.spec.path, request.spec.text,
+        [(job.key, job.label, job.config.to_dict()) for job in request.jobs],
+    )
+    keys = [job.key for job in request.jobs]
+    requeue(db, experiment_id, keys, request)
+    before = {row.key: row.status for row in db.jobs(experiment_id, keys)}
+    todo = [k for k in keys if before[k] != "done"]
+    console.print(f"{request.spec.name}: {len(keys) - len(todo)} of {len(keys)} jobs already done"
+                  + (f", {added} new" if added else "") + f"; results in {db.url}")
+    if not todo:
+        return EXIT_OK
+    options = execute.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
+                                    keys=tuple(keys), stale_after=request.stale_after)
+    counts = execute.run_jobs(options, request.workers, total=len(todo))
+    return summarise(db, experiment_id, keys, counts, console)
+
+
+def check_sources(request: RunRequest) -> None:
+    """Every distinct data source of the spec, checked before anything is written (DataError on a problem)."""
+    seen = set()
+    for job in request.jobs:
+        data = job.config.data
+        if data not in seen:
+            seen.add(data)
+            check_source(request.spec.task, data)
+
+
+def requeue(db: Database, experiment_id: int, keys: list[str], request: RunRequest) -> None:
+    if request.force:
+        db.requeue(experiment_id, keys, ("done", "failed", "interrupted"))
+        execute.forget_checkpoints(request.root, keys)
+    elif request.retry_failed:
+        db.requeue(experiment_id, keys, ("failed",))
+
+
+def summarise(db: Database, experiment_id: int, keys: list[str], counts: dict[str, int], console: Console) -> int:
+    rows = db.jobs(experiment_id, keys)
+    table = Table(title="jobs", show_lines=False)
+    for column in ("job", "label", "status", "note"):
+        table.add_column(column)
+    for row in rows:
+        note = (row.error or "")[:80] if row.status != "done" else ""
+        table.add_row(str(row.job_id), row.label, row.status, note)
+    console.print(table)
+    statuses = [row.status for row in rows]
+    if "interrupted" in statuses or counts.get("interrupted"):
+        console.print("Interrupted: rerun the same command to resume from the last checkpoints.")
+        return EXIT_INTERRUPTED
+    if "failed" in statuses:
+        console.print("Some jobs failed: `python -m runner show JOB` prints the traceback; "
+                      "rerun with --retry-failed after fixing the cause.")
+        return EXIT_FAILED
+    console.print("All jobs done. Next: python -m runner report")
+    return EXIT_OK
+
+
+def job_table(jobs, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("key", "label", "family", "group", "seed", "config"):
+        table.add_column(column)
+    for job in jobs:
+        c = job.config
+        compact = json.dumps({"lr": c.train.lr, "epochs": c.train.epochs, "width": c.model.width,
+                              "augment": c.augment.geometric, "fraction": c.data.fraction})
+        table.add_row(job.key, job.label, c.model.family, c.model.group, str(c.seed), compact)
+    return table

@@ -1,0 +1,384 @@
+"""TOML spec -> validated, frozen Spec. Every problem is collected and reported at once.
+
+A spec has sections [experiment], [data], [train], [augment], [eval], [grid] and one or more [[model]] blocks.
+Any scalar may be a list: it becomes a sweep axis. A model block may override [train]/[augment]/[data] for its own
+family with sub-tables (`[model.augment]`), and its own lists sweep only that block.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from equiv.groups import GroupError, VALID_FORMS, parse_group
+from runner import config as C
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SECTIONS: dict[str, type] = {
+    "data": C.DataSpec,
+    "train": C.TrainSpec,
+    "augment": C.AugmentSpec,
+    "eval": C.EvalSpec,
+    "model": C.ModelSpec,
+}
+EXPERIMENT_KEYS = ("name", "task", "seeds", "description")
+BLOCK_OVERRIDABLE = ("data", "train", "augment")
+TOP_LEVEL = ("experiment", "data", "train", "augment", "eval", "grid", "model")
+
+
+@dataclass(frozen=True)
+class Bound:
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low (not >=)
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = "" if self.high is None else f"<= {self.high:g}"
+        return " and ".join(p for p in (low, high) if p)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": C.SOURCES,
+    "train.optimizer": C.OPTIMIZERS,
+    "train.schedule": C.SCHEDULES,
+    "augment.geometric": C.GEOMETRIC_AUGMENTS,
+    "model.family": C.FAMILIES,
+    "model.match": C.MATCH_MODES,
+}
+BOUNDS: dict[str, Bound] = {
+    "data.fraction": Bound(0.0, 1.0, low_open=True),
+    "data.train_size": Bound(0),
+    "data.valid_size": Bound(0),
+    "data.test_size": Bound(0),
+    "data.image_size": Bound(16, 1024),
+    "data.seed": Bound(0),
+    "train.epochs": Bound(1, 10_000),
+    "train.batch_size": Bound(1, 65_536),
+    "train.lr": Bound(0.0, 10.0, low_open=True),
+    "train.momentum": Bound(0.0, 1.0),
+    "train.weight_decay": Bound(0.0, 1.0),
+    "train.early_stopping": Bound(0),
+    "train.checkpoint_minutes": Bound(0.0, low_open=True),
+    "augment.stain": Bound(0.0, 1.0),
+    "augment.brightness": Bound(0.0, 1.0),
+    "augment.contrast": Bound(0.0, 1.0),
+    "eval.rotation_samples": Bound(1),
+    "model.width": Bound(1, 1024),
+    "model.depth": Bound(1, 8),
+    "model.kernel_size": Bound(1, 15),
+    "model.dropout": Bound(0.0, 1.0),
+    "model.max_frequency": Bound(1, 16),
+}
+# Lists in these fields are values, not sweeps.
+LIST_VALUED = {"eval.rotation_angles"}
+
+
+class SpecError(Exception):
+    """A spec with problems. `problems` lists (key path, message); str() shows them all with the file."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]):
+        self.path = path
+        self.problems = problems
+        lines = [f"{path}: {len(problems)} problem{'s' * (len(problems) != 1)} in the spec"]
+        lines += [f"  {key}: {message}" for key, message in problems]
+        lines.append("Nothing was run or written. Fix the keys above and run again.")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class ModelBlock:
+    """One [[model]] block after validation: raw values where a list means a sweep axis."""
+
+    index: int
+    values: dict[str, Any]  # dotted key ("model.width", "train.lr", ...) -> value or list of values
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    text: str
+    name: str
+    task: str
+    seeds: tuple[int, ...]
+    description: str
+    blocks: tuple[ModelBlock, ...]
+
+
+def read_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Read, override and validate a spec file; raise SpecError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(str(path), [("(file)", f"cannot read the spec: {exc.strerror or exc}")]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(str(path), [("(syntax)", f"not valid TOML: {exc}")]) from None
+    return parse_spec(raw, str(path), text, overrides)
+
+
+def parse_spec(raw: dict[str, Any], path: str, text: str = "", overrides=()) -> Spec:
+    problems: list[tuple[str, str]] = []
+    raw = apply_overrides(raw, overrides, problems)
+    _check_top_level(raw, problems)
+    experiment = _parse_experiment(raw.get("experiment", {}), problems)
+    shared = {}
+    for section in ("data", "train", "augment", "eval"):
+        shared.update(_parse_section(section, raw.get(section, {}), section, problems))
+    shared.update(_parse_grid(raw.get("grid", {}), problems))
+    blocks = _parse_blocks(raw.get("model"), shared, experiment.get("task"), problems)
+    if problems:
+        raise SpecError(path, problems)
+    return Spec(path=path, text=text, name=experiment["name"], task=experiment["task"],
+                seeds=tuple(experiment["seeds"]), description=experiment.get("description", ""),
+                blocks=tuple(blocks))
+
+
+# ---- overrides -------------------------------------------------------------------------------------------------
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.lr=0.01` -> (["train", "lr"], 0.01). Values are TOML (`[1, 2]`, `true`, `"x"`); bare words are strings."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=3)")
+    key, value = item.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    """Set dotted keys on a copy of the raw TOML. `model.X` sets X in every [[model]] block."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        try:
+            keys, value = parse_override(item)
+        except ValueError as exc:
+            problems.append((f"override {item!r}", str(exc)))
+            continue
+        if keys[0] == "model":
+            blocks = raw.get("model") if isinstance(raw.get("model"), list) else []
+            for block in blocks:
+                _set_nested(block, keys[1:], value)
+        else:
+            _set_nested(raw, keys, value)
+    return raw
+
+
+def _set_nested(table: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        table = table.setdefault(key, {})
+    table[keys[-1]] = value
+
+
+# ---- sections --------------------------------------------------------------------------------------------------
+
+def _check_top_level(raw: dict[str, Any], problems) -> None:
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.append((key, f"unknown section; allowed: {', '.join(TOP_LEVEL)}"))
+    for key in ("experiment", "data", "train", "augment", "eval", "grid"):
+        if key in raw and not isinstance(raw[key], dict):
+            problems.append((key, f"expected a table [{key}], got {type(raw[key]).__name__}"))
+            raw[key] = {}
+
+
+def _parse_experiment(table: dict[str, Any], problems) -> dict[str, Any]:
+    out: dict[str, Any] = {"task": "classification", "seeds": [0], "description": ""}
+    for key, value in table.items():
+        if key not in EXPERIMENT_KEYS:
+            problems.append((f"experiment.{key}", f"unknown key; allowed: {', '.join(EXPERIMENT_KEYS)}"))
+    name = table.get("name")
+    if not isinstance(name, str) or not name.strip():
+        problems.append(("experiment.name", "required: a non-empty string naming the experiment"))
+    else:
+        out["name"] = name.strip()
+    task = table.get("task", "classification")
+    if task not in C.TASKS:
+        problems.append(("experiment.task", f"got {task!r}; allowed: {', '.join(C.TASKS)}"))
+    else:
+        out["task"] = task
+    seeds = table.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if not (isinstance(seeds, list) and seeds and all(_is_int(s) and s >= 0 for s in seeds)):
+        problems.append(("experiment.seeds", f"expected a non-empty list of integers >= 0, got {seeds!r}"))
+    elif len(set(seeds)) != len(seeds):
+        problems.append(("experiment.seeds", f"seeds repeat: {seeds!r}"))
+    else:
+        out["seeds"] = seeds
+    if not isinstance(table.get("description", ""), str):
+        problems.append(("experiment.description", "expected a string"))
+    else:
+        out["description"] = table.get("description", "")
+    return out
+
+
+def field_types(section: str) -> dict[str, Any]:
+    """Field name -> annotated type of a section's dataclass."""
+    cls = SECTIONS[section]
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _parse_section(section: str, table: Any, where: str, problems) -> dict[str, Any]:
+    """Validate one table of a section; return {"section.field": value-or-sweep-list}."""
+    if not isinstance(table, dict):
+        problems.append((where, f"expected a table, got {type(table).__name__}"))
+        return {}
+    types = field_types(section)
+    out = {}
+    for key, value in table.items():
+        if key not in types:
+            problems.append((f"{where}.{key}", f"unknown key; allowed in [{section}]: {', '.join(types)}"))
+            continue
+        dotted = f"{section}.{key}"
+        problem = _check_value(dotted, types[key], value)
+        if problem:
+            problems.append((f"{where}.{key}", problem))
+        else:
+            out[dotted] = _normalise(dotted, types[key], value)
+    return out
+
+
+def _parse_grid(table: Any, problems) -> dict[str, Any]:
+    """[grid] holds dotted keys with lists: `"train.lr" = [1e-3, 3e-3]`, the same as a list in place."""
+    out: dict[str, Any] = {}
+    if not isinstance(table, dict):
+        return out
+    for dotted, values in table.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS:
+            problems.append((f"grid.{dotted}", f"unknown section {section!r}; use section.key with a section of "
+                             f"{', '.join(SECTIONS)}"))
+            continue
+        if not isinstance(values, list):
+            problems.append((f"grid.{dotted}", "expected a list of values to sweep"))
+            continue
+        if section == "model":
+            out[f"grid:{dotted}"] = values  # applied inside each block
+        else:
+            out.update(_parse_section(section, {key: values}, f"grid.{section}", problems))
+    return out
+
+
+def _parse_blocks(blocks: Any, shared: dict[str, Any], task: str | None, problems) -> list[ModelBlock]:
+    if not isinstance(blocks, list) or not blocks:
+        problems.append(("model", "at least one [[model]] block is required, e.g. [[model]] family = \"cnn\""))
+        return []
+    out = []
+    for index, block in enumerate(blocks):
+        where = f"model[{index}]"
+        if not isinstance(block, dict):
+            problems.append((where, "expected a table [[model]]"))
+            continue
+        values = {k: v for k, v in shared.items() if not k.startswith("grid:model.")}
+        scalars = {k: v for k, v in block.items() if k not in BLOCK_OVERRIDABLE}
+        for dotted, swept in shared.items():
+            if dotted.startswith("grid:model.") and dotted[len("grid:model."):] not in scalars:
+                scalars[dotted[len("grid:model."):]] = swept
+        values.update(_parse_section("model", scalars, where, problems))
+        for section in BLOCK_OVERRIDABLE:
+            if section in block:
+                values.update(_parse_section(section, block[section], f"{where}.{section}", problems))
+        _check_block(values, where, task, problems)
+        out.append(ModelBlock(index=index, values=values))
+    return out
+
+
+def _check_block(values: dict[str, Any], where: str, task: str | None, problems) -> None:
+    """Combinations that single fields cannot catch: family vs task, group vs family, group names."""
+    families = _as_list(values.get("model.family", "cnn"))
+    allowed = C.SEGMENTER_FAMILIES if task == "segmentation" else C.CLASSIFIER_FAMILIES
+    for family in families:
+        if family in C.FAMILIES and family not in allowed:
+            problems.append((f"{where}.family", f"{family!r} does not fit task {task!r}; allowed: {', '.join(allowed)}"))
+    for group in _as_list(values.get("model.group", "trivial")):
+        try:
+            parse_group(group)
+        except GroupError:
+            problems.append((f"{where}.group", f"unknown group {group!r}; valid forms: {VALID_FORMS}"))
+            continue
+        plain = [f for f in families if f in ("cnn", "unet")]
+        if group != "trivial" and plain:
+            problems.append((f"{where}.group", f"family {plain[0]!r} is a plain CNN: its group must be 'trivial' "
+                             f"(got {group!r}); use family 'gcnn'/'gunet' for {group}"))
+    for source in _as_list(values.get("data.source", "synthetic")):
+        if source == "pcam" and task == "segmentation":
+            problems.append((f"{where}.data.source", "pcam has no masks; for segmentation use synthetic, folder or arrays"))
+        if source in ("pcam", "folder") and not values.get("data.root"):
+            problems.append((f"{where}.data.root", f"source {source!r} needs data.root = the folder with its files"))
+        if source == "arrays" and not values.get("data.path"):
+            problems.append((f"{where}.data.path", "source 'arrays' needs data.path = an .npz or .h5 file"))
+        if source in ("folder", "arrays") and task == "classification":
+            problems.append((f"{where}.data.source", f"{source!r} holds masks: use it with task = 'segmentation'"))
+
+
+# ---- values ----------------------------------------------------------------------------------------------------
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _type_name(kind: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, "a list of numbers")
+
+
+def _check_scalar(dotted: str, kind: Any, value: Any) -> str | None:
+    ok = {
+        int: _is_int(value),
+        float: (_is_int(value) or isinstance(value, float)),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(kind, False)
+    if not ok:
+        return f"expected {_type_name(kind)}, got {value!r}"
+    if dotted in CHOICES and value not in CHOICES[dotted]:
+        return f"got {value!r}; allowed: {', '.join(CHOICES[dotted])}"
+    bound = BOUNDS.get(dotted)
+    if bound and not bound.admits(value):
+        return f"got {value!r}; allowed: {bound.describe()}"
+    return None
+
+
+def _check_value(dotted: str, kind: Any, value: Any) -> str | None:
+    if dotted in LIST_VALUED:
+        if not (isinstance(value, list) and value and all(_is_int(v) or isinstance(v, float) for v in value)):
+            return f"expected a non-empty list of numbers, got {value!r}"
+        return None
+    if isinstance(value, list):
+        if not value:
+            return "an empty list sweeps nothing; give at least one value"
+        if len(value) != len({repr(v) for v in value}):
+            return f"the sweep repeats a value: {value!r}"
+        problems = [p for p in (_check_scalar(dotted, kind, v) for v in value) if p]
+        return problems[0] if problems else None
+    return _check_scalar(dotted, kind, value)
+
+
+def _normalise(dotted: str, kind: Any, value: Any) -> Any:
+    """Ints given for float fields become floats so that 1 and 1.0 hash to the same job."""
+    if dotted in LIST_VALUED:
+        return tuple(float(v) for v in value)
+    if kind is float:
+        return [float(v) for v in value] if isinstance(value, list) else float(value)
+    return value

@@ -1,0 +1,101 @@
+"""The results database: schema versions, atomic claims under concurrency, stale heartbeats, idempotent writes."""
+from __future__ import annotations
+
+import multiprocessing
+from datetime import datetime
+
+import pytest
+from sqlalchemy import update
+
+from runner.db import Database, DatabaseError, JobModel, SchemaVersionModel
+
+CONFIG = {"model": {"family": "cnn", "group": "trivial"}, "seed": 0}
+
+
+def make_db(tmp_path, jobs: int = 3) -> tuple[Database, int, list[str]]:
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    keys = [f"k{i}" for i in range(jobs)]
+    experiment_id, added = db.sync_experiment("e", "classification", "e.toml", "", [(k, k, CONFIG) for k in keys])
+    assert added == jobs
+    return db, experiment_id, keys
+
+
+def test_sync_is_idempotent_and_adds_only_new_jobs(tmp_path):
+    db, experiment_id, keys = make_db(tmp_path)
+    assert db.sync_experiment("e", "classification", "e.toml", "", [(k, k, CONFIG) for k in keys + ["new"]]) == (
+        experiment_id, 1)
+    with pytest.raises(DatabaseError, match="already exists with task"):
+        db.sync_experiment("e", "segmentation", "e.toml", "", [])
+
+
+def test_schema_version_mismatch_is_refused(tmp_path):
+    db, _, _ = make_db(tmp_path)
+    with db.session() as s:
+        s.execute(update(SchemaVersionModel).values(version=99))
+    with pytest.raises(DatabaseError, match="schema version 99.*Upgrade"):
+        Database(db.url)
+
+
+def test_missing_database_for_reading(tmp_path):
+    with pytest.raises(DatabaseError, match="run a spec first"):
+        Database(f"sqlite:///{tmp_path / 'none.db'}", create=False)
+
+
+def test_claim_takes_each_job_once(tmp_path):
+    db, experiment_id, keys = make_db(tmp_path)
+    claimed = [db.claim(experiment_id, keys, "w") for _ in range(4)]
+    assert [j.key for j in claimed[:3]] == keys and claimed[3] is None
+    assert all(j.status == "running" and j.attempts == 1 for j in claimed[:3])
+
+
+def _claim_all(url: str, experiment_id: int, keys: list[str], name: str, queue) -> None:
+    db = Database(url)
+    while (job := db.claim(experiment_id, keys, name)) is not None:
+        queue.put(job.key)
+    queue.put(None)
+
+
+def test_concurrent_processes_never_claim_the_same_job(tmp_path):
+    db, experiment_id, keys = make_db(tmp_path, jobs=40)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    procs = [context.Process(target=_claim_all, args=(db.url, experiment_id, keys, f"w{i}", queue)) for i in range(3)]
+    for p in procs:
+        p.start()
+    got, finished = [], 0
+    while finished < len(procs):
+        item = queue.get(timeout=120)
+        finished += item is None
+        if item is not None:
+            got.append(item)
+    for p in procs:
+        p.join()
+    assert sorted(got) == sorted(keys)  # every job exactly once: no duplicates, none lost
+
+
+def test_stale_running_jobs_are_reclaimed(tmp_path):
+    db, experiment_id, keys = make_db(tmp_path, jobs=1)
+    job = db.claim(experiment_id, keys, "dead-worker")
+    assert db.reclaim_stale(experiment_id, grace_seconds=3600) == []
+    with db.session() as s:
+        s.execute(update(JobModel).values(heartbeat_at=datetime(2000, 1, 1)))
+    assert db.reclaim_stale(experiment_id, grace_seconds=60) == [job.label]
+    again = db.claim(experiment_id, keys, "new-worker")
+    assert again.key == job.key and again.attempts == 2
+
+
+def test_epoch_records_replace_a_redone_epoch(tmp_path):
+    db, experiment_id, keys = make_db(tmp_path, jobs=1)
+    job = db.claim(experiment_id, keys, "w")
+    db.record_epochs(job.job_id, [(0, {"valid_auc": 0.5}), (1, {"valid_auc": 0.6})])
+    db.record_epochs(job.job_id, [(1, {"valid_auc": 0.7, "valid_loss": float("nan")})])
+    epochs, _ = db.metrics_of(job.job_id)
+    assert [(m.epoch, m.name, m.value) for m in epochs] == [(0, "valid_auc", 0.5), (1, "valid_auc", 0.7),
+                                                           (1, "valid_loss", None)]
+
+
+def test_find_job_by_prefix(tmp_path):
+    db, experiment_id, keys = make_db(tmp_path)
+    assert db.find_job("k1").key == "k1"
+    with pytest.raises(DatabaseError, match="matches"):
+        db.find_job("k")

@@ -1,0 +1,112 @@
+"""Spec validation: every problem reported at once, with the key path and the allowed values."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runner.schema import json_schema
+from runner.spec import SpecError, parse_spec, read_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = {"experiment": {"name": "t"}, "model": [{"family": "cnn"}]}
+
+
+def problems_of(raw, overrides=()) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw, "bad.toml", overrides=overrides)
+    assert "bad.toml" in str(info.value)
+    return dict(info.value.problems)
+
+
+def test_shipped_specs_are_valid():
+    for path in sorted((ROOT / "specs").glob("*.toml")):
+        spec = read_spec(path)
+        assert spec.blocks and spec.seeds
+
+
+def test_minimal_spec_gets_defaults():
+    spec = parse_spec(MINIMAL, "x.toml")
+    assert spec.task == "classification" and spec.seeds == (0,)
+
+
+def test_all_problems_reported_at_once():
+    raw = {
+        "experiment": {"name": "t", "task": "detection", "seeds": [0, 0]},
+        "train": {"lr": -1, "epochs": "two", "optimiser": "adam"},
+        "model": [{"family": "cnn", "group": "D4"}, {"family": "gcnn", "group": "Q7", "width": 0}],
+    }
+    problems = problems_of(raw)
+    assert "allowed: classification, segmentation" in problems["experiment.task"]
+    assert "repeat" in problems["experiment.seeds"]
+    assert "> 0" in problems["train.lr"]
+    assert "expected an integer" in problems["train.epochs"]
+    assert "allowed in [train]" in problems["train.optimiser"] and "optimizer" in problems["train.optimiser"]
+    assert "must be 'trivial'" in problems["model[0].group"]
+    assert "valid forms" in problems["model[1].group"]
+    assert ">= 1" in problems["model[1].width"]
+
+
+def test_sweep_values_are_checked_one_by_one():
+    raw = {**MINIMAL, "train": {"optimizer": ["adamw", "rmsprop"]}}
+    assert "rmsprop" in problems_of(raw)["train.optimizer"]
+    assert "adamw, adam, sgd" in problems_of(raw)["train.optimizer"]
+
+
+def test_family_must_fit_task():
+    raw = {"experiment": {"name": "t", "task": "segmentation"}, "model": [{"family": "gcnn", "group": "C4"}]}
+    assert "unet, gunet" in problems_of(raw)["model[0].family"]
+
+
+def test_pcam_needs_a_root():
+    raw = {**MINIMAL, "data": {"source": "pcam"}}
+    assert "data.root" in problems_of(raw)["model[0].data.root"]
+
+
+def test_overrides_apply_before_validation():
+    spec = parse_spec(MINIMAL, "x.toml", overrides=["train.epochs=3", "model.width=[4, 8]", "data.source=synthetic"])
+    values = spec.blocks[0].values
+    assert values["train.epochs"] == 3 and values["model.width"] == [4, 8]
+    assert "unknown key" in problems_of(MINIMAL, ["train.epoch=3"])["train.epoch"]
+    assert "KEY=VALUE" in problems_of(MINIMAL, ["train.epochs"])["override 'train.epochs'"]
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(SpecError, match="cannot read"):
+        read_spec(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[experiment\nname = 1")
+    with pytest.raises(SpecError, match="not valid TOML"):
+        read_spec(bad)
+
+
+def test_committed_json_schema_is_current():
+    committed = json.loads((ROOT / "specs" / "spec.schema.json").read_text())
+    assert committed == json.loads(json.dumps(json_schema())), "run: python -m runner schema > specs/spec.schema.json"
+
+
+scalars = st.one_of(st.integers(-5, 5), st.floats(allow_nan=False, width=32), st.text(max_size=5), st.booleans())
+
+
+@given(section=st.sampled_from(["data", "train", "augment", "eval"]), key=st.text("abcdefgh_", min_size=1, max_size=8),
+       value=scalars)
+def test_random_malformed_keys_raise_spec_error_naming_the_key(section, key, value):
+    raw = {**MINIMAL, section: {key: value}}
+    try:
+        parse_spec(raw, "fuzz.toml")
+    except SpecError as exc:
+        assert "fuzz.toml" in str(exc)
+        assert any(k.startswith(f"{section}.") or k.startswith("model[0]") for k, _ in exc.problems)
+
+
+@given(value=scalars)
+def test_random_values_for_typed_fields_never_crash(value):
+    for key in ("lr", "epochs", "optimizer", "amp"):
+        raw = {**MINIMAL, "train": {key: value}}
+        try:
+            parse_spec(raw, "fuzz.toml")
+        except SpecError as exc:
+            assert f"train.{key}" in dict(exc.problems)
