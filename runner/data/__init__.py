@@ -1,0 +1,75 @@
+"""The data layer: PatchCamelyon (real HDF5 files or the embedded synthetic generator) and segmentation tiles.
+
+`check_source` validates cheaply before a run writes anything; `load_splits` returns train/valid/test splits
+whose `get_batch(indices)` gives uint8 images and int64 targets; `iterate_batches` gives a seeded, resumable order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.config import SOURCES, TASKS, DataSpec
+from runner.data import arrays, pcam, synthetic
+from runner.data.batches import Split, Splits, iterate_batches
+from runner.data.errors import DataError
+from runner.data.figure import sample_figure
+
+__all__ = ["DataError", "Split", "Splits", "check_source", "iterate_batches", "load_splits", "sample_figure"]
+
+_TASK_SOURCES = {"classification": ("synthetic", "pcam"), "segmentation": ("synthetic", "folder", "arrays")}
+
+
+def check_source(task: str, data: DataSpec) -> None:
+    """Cheap validation of the data source (files, keys, shapes, dtypes, counts); DataError says what to fix."""
+    _check_combination(task, data)
+    if data.source == "pcam":
+        pcam.check_pcam(_location(data.root, "data.root", "the folder with the PatchCamelyon .h5 files"))
+    elif data.source == "folder":
+        arrays.check_folder(_location(data.root, "data.root", "a folder with images/ and masks/"))
+    elif data.source == "arrays":
+        arrays.check_arrays(_location(data.path, "data.path", "an .npz or .h5 file with `image` and `mask`"))
+
+
+def load_splits(task: str, data: DataSpec, cache_dir: Path) -> Splits:
+    """Train/valid/test splits for `task`; generated or decompressed files go to `cache_dir` (reused)."""
+    check_source(task, data)
+    cache_dir = Path(cache_dir)
+    caps = {"train": data.train_size, "valid": data.valid_size, "test": data.test_size}
+    if data.source == "synthetic":
+        _check_synthetic_sizes(data, caps)
+        if task == "classification":
+            folder = synthetic.ensure_pcam(cache_dir, data.seed, data.image_size, caps)
+            return pcam.load_pcam(folder, cache_dir, caps, data.fraction, data.seed, data.in_memory,
+                                  name="synthetic PCam-like")
+        folder = synthetic.ensure_nuclei(cache_dir, data.seed, data.image_size, caps)
+        return arrays.load_nuclei_files(folder, data.seed, caps, data.fraction, data.in_memory)
+    if data.source == "pcam":
+        return pcam.load_pcam(Path(data.root), cache_dir / "pcam", caps, data.fraction, data.seed, data.in_memory)
+    location = Path(data.root if data.source == "folder" else data.path)
+    return arrays.load_user_segmentation(data.source, location, data.image_size, data.seed, caps, data.fraction)
+
+
+def _check_combination(task: str, data: DataSpec) -> None:
+    if task not in TASKS:
+        raise DataError(f"task = {task!r}; allowed: {', '.join(TASKS)}")
+    if data.source not in SOURCES:
+        raise DataError(f"data.source = {data.source!r}; allowed: {', '.join(SOURCES)}")
+    if data.source not in _TASK_SOURCES[task]:
+        raise DataError(f"data.source = {data.source!r} cannot feed task {task!r}; "
+                        f"allowed for {task}: {', '.join(_TASK_SOURCES[task])}")
+    if not 0 < data.fraction <= 1:
+        raise DataError(f"data.fraction = {data.fraction}; must be in (0, 1]")
+
+
+def _check_synthetic_sizes(data: DataSpec, caps: dict[str, int]) -> None:
+    small = {k: v for k, v in caps.items() if v < 2}
+    if small:
+        raise DataError(f"synthetic data needs at least 2 samples per split; got {small} "
+                        f"(set data.train_size / valid_size / test_size)")
+    if data.image_size < 16:
+        raise DataError(f"data.image_size = {data.image_size}; synthetic patches need at least 16 px")
+
+
+def _location(value: str, key: str, what: str) -> Path:
+    if not value:
+        raise DataError(f"{key} is empty; set it to {what}")
+    return Path(value).expanduser()
