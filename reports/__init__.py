@@ -1,0 +1,14 @@
+"""Reports from the results database alone: `load` for notebooks, `render` for tables, figures and HTML.
+
+    import reports
+    jobs = reports.load("runs/results.db")                 # one row per job, config flattened, final metrics
+    report = reports.render("runs/results.db", Path("runs/report"))
+    print(report.summary)
+"""
+from __future__ import annotations
+
+from reports.load import ReportError, load, load_epochs, load_experiments, load_rotations, load_samples
+from reports.render import Report, render
+
+__all__ = ["Report", "ReportError", "load", "load_epochs", "load_experiments", "load_rotations", "load_samples",
+           "render"]

@@ -25,10 +25,16 @@ class PlainDisplay:
     def job_started(self, label: str) -> None:
         self.console.print(f"[{self.done + 1}/{self.total}] {label}: started")
 
-    def update(self, label: str, info: dict[str, Any]) -> None:
-        if "valid" in info or time.monotonic() - self._last > 30:
+    def batch(self, label: str, info: dict[str, Any]) -> None:
+        if time.monotonic() - self._last > 30:
             self._last = time.monotonic()
-            self.console.print(f"    {label}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in info.items()))
+            self.console.print(f"    {label}: epoch {info['epoch'] + 1} batch {info['batch']}/{info['batches']} "
+                               f"loss {info['loss']:.4f}")
+
+    def epoch_done(self, label: str, epoch: int, metrics: dict[str, float]) -> None:
+        self._last = time.monotonic()
+        shown = {k: v for k, v in sorted(metrics.items()) if k.startswith(("valid_", "train_loss"))}
+        self.console.print(f"    {label}: epoch {epoch + 1} " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
 
     def job_ended(self, label: str, status: str, summary: str = "") -> None:
         self.done += 1
@@ -58,12 +64,9 @@ class RichDisplay(PlainDisplay):
     def job_started(self, label: str) -> None:
         self.progress.update(self.current, description=label, completed=0, total=1, visible=True)
 
-    def update(self, label: str, info: dict[str, Any]) -> None:
-        if "batches" in info:
-            text = f"{label} epoch {info['epoch'] + 1} loss {info['loss']:.3f}"
-            self.progress.update(self.current, description=text, completed=info["batch"], total=info["batches"])
-        else:
-            self.console.print(f"    {label}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in info.items()))
+    def batch(self, label: str, info: dict[str, Any]) -> None:
+        text = f"{label} epoch {info['epoch'] + 1} loss {info['loss']:.3f}"
+        self.progress.update(self.current, description=text, completed=info["batch"], total=info["batches"])
 
     def job_ended(self, label: str, status: str, summary: str = "") -> None:
         self.done += 1
@@ -79,4 +82,6 @@ def make_display(total: int):
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
     return f"{value:.4g}" if isinstance(value, float) else str(value)

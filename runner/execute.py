@@ -85,7 +85,7 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
         record_epochs=lambda history: _record(db, job, history, display),
         heartbeat=_throttled(lambda: db.heartbeat(job.job_id, name), options.heartbeat_every),
         should_stop=stop.is_set,
-        progress=(lambda info: display.update(job.label, info)) if display else (lambda info: None),
+        progress=(lambda info: display.batch(job.label, info)) if display else (lambda info: None),
         on_model=lambda params: db.set_provenance(job.job_id, params=params),
     )
     path = checkpoint.checkpoint_path(options.root, job.key)
@@ -108,9 +108,7 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
 def _record(db: Database, job, history, display) -> None:
     db.record_epochs(job.job_id, history)
     if display and history:
-        epoch, metrics = history[-1]
-        display.update(job.label, {"epoch": epoch + 1, "valid": True,
-                                   **{k: v for k, v in metrics.items() if k.startswith(("valid_", "train_loss"))}})
+        display.epoch_done(job.label, *history[-1])
 
 
 def _ended(display, label: str, status: str, summary: str) -> None:

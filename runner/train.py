@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 import equiv
+import equiv.checks
 from equiv.groups import parse_group, rotate
 from runner import checkpoint
 from runner.config import JobConfig
-from runner.data import Augmenter, iterate_batches, load_splits
+from runner.data import iterate_batches, load_splits
+from runner.data.augment import Augmenter
 from runner.device import peak_memory_mb
 from runner.metrics import classification_metrics, dice_bce_loss, segmentation_metrics
 
@@ -300,16 +302,23 @@ def export_or_self(model: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def symmetry_errors(config, model, split, device) -> dict[str, float]:
+    """Relative output change under the model's own exact group elements, and under all eight rot90/flip elements
+    (the same yardstick for every model: what a plain CNN gets wrong that a D4 model cannot)."""
     x, _ = split.get_batch(np.arange(min(INVARIANCE_SAMPLES, len(split))))
     x = normalise(prepare(x, device))
-    group = parse_group(config.model.group, config.model.max_frequency)
+    own, grid = parse_group(config.model.group, config.model.max_frequency), parse_group("D4")
     if config.task == "segmentation":
-        errors = equiv.checks.equivariance_errors(model, x, group)
-        return {"equivariance_error": max(errors.values(), default=0.0)}
-    out = {"invariance_error": max(equiv.checks.invariance_errors(model, x, group).values(), default=0.0)}
-    offgrid = equiv.checks.offgrid_errors(model, x, group)
-    out["offgrid_error"] = max(offgrid.values(), default=0.0) if offgrid else float("nan")
+        measure = equiv.checks.equivariance_errors
+        return {"equivariance_error": _worst(measure(model, x, own)), "grid_error": _worst(measure(model, x, grid))}
+    measure = equiv.checks.invariance_errors
+    out = {"invariance_error": _worst(measure(model, x, own)), "grid_error": _worst(measure(model, x, grid))}
+    out["offgrid_error"] = _worst(equiv.checks.offgrid_errors(model, x, own))
     return out
+
+
+def _worst(errors: dict[str, float]) -> float:
+    """The largest error; NaN when the group has no such elements (e.g. no off-grid rotations in C4)."""
+    return max(errors.values()) if errors else float("nan")
 
 
 def rotation_curve(config, model, split, device) -> list[tuple[float, str, float]]:
