@@ -61,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")
-    args = parser().parse_args(argv)
+    top = parser()
+    # Overrides may come after options (`SPEC --root X train.epochs=3`), which argparse alone cannot interleave.
+    args, extra = top.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "run"]
+    if stray:
+        top.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return COMMAND_FUNCTIONS[args.command](args)
     except (SpecError, DatabaseError) as exc:

@@ -1,0 +1,207 @@
+"""End to end through `python -m runner`: a tiny real run, rerun skipping, reports, failures, kills and resumes."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import cli, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+[experiment]
+name = "tiny"
+seeds = [0, 1]
+[data]
+train_size = 64
+valid_size = 32
+test_size = 32
+[train]
+epochs = 2
+batch_size = 16
+[eval]
+rotation_angles = [0, 45, 90]
+rotation_samples = 16
+[[model]]
+family = "cnn"
+width = 4
+depth = 2
+[[model]]
+family = "gcnn"
+group = "C4"
+width = 4
+depth = 1
+"""
+# One job, several batches per epoch, a checkpoint after every batch: room to be killed mid-epoch.
+RESUMABLE = """
+[experiment]
+name = "resume"
+seeds = [3]
+[data]
+train_size = 96
+valid_size = 32
+test_size = 32
+[train]
+epochs = 3
+batch_size = 8
+checkpoint_minutes = 0.0001
+[augment]
+geometric = "d4"
+[eval]
+rotation_angles = [0, 90]
+rotation_samples = 16
+[[model]]
+family = "cnn"
+width = 4
+depth = 2
+dropout = 0.2
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def query(root: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(root / "results.db") as con:
+        return con.execute(sql).fetchall()
+
+
+def runner_process(spec: Path, root: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "CI": "true", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "runner", str(spec), "--root", str(root), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_tiny_run_records_everything_then_skips_and_reports(tmp_path, capsys):
+    spec, root = write(tmp_path, TINY), tmp_path / "runs"
+    assert cli.main([str(spec), "--root", str(root)]) == 0
+    assert query(root, "select status, count(*) from jobs group by status") == [("done", 4)]
+    metrics = dict(query(root, "select name, count(*) from final_metrics group by name"))
+    for name in ("test_accuracy", "test_auc", "test_nll", "test_f1", "invariance_error", "train_images_per_s"):
+        assert metrics[name] == 4, name
+    assert query(root, "select count(distinct epoch) from epoch_metrics") == [(2,)]
+    assert query(root, "select count(*) from rotation_metrics where name = 'accuracy'") == [(4 * 3,)]
+    assert query(root, "select count(*) from jobs where git_commit is null or packages_json is null") == [(0,)]
+    # the G-CNN is invariant to its own rotations; the CNN is not invariant to them
+    errors = dict(query(root, "select j.family || ':' || f.name, max(f.value) from final_metrics f join jobs j "
+                              "using (job_id) group by j.family, f.name"))
+    assert errors["gcnn:invariance_error"] < 1e-4 < errors["cnn:grid_error"]
+    capsys.readouterr()
+
+    assert cli.main([str(spec), "--root", str(root)]) == 0
+    assert "4 of 4 jobs already done" in capsys.readouterr().out
+    assert query(root, "select max(attempts) from jobs") == [(1,)]
+
+    assert cli.main(["report", "--root", str(root)]) == 0
+    written = {p.suffix for p in (root / "report").rglob("*") if p.is_file()}
+    assert {".md", ".png", ".html"} <= written
+
+
+def test_dry_run_and_bad_spec_write_nothing(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert cli.main([str(write(tmp_path, TINY)), "--root", str(root), "--dry-run"]) == 0
+    assert "4 jobs (dry run)" in capsys.readouterr().out
+    bad = write(tmp_path, TINY.replace("epochs = 2", "epochs = -2"), "bad.toml")
+    assert cli.main([str(bad), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and "train.epochs" in err and ">= 1" in err
+    assert not root.exists()
+
+
+def test_missing_pcam_folder_is_bad_input(tmp_path, capsys):
+    root = tmp_path / "runs"
+    code = cli.main([str(write(tmp_path, TINY)), "--root", str(root), "data.source=pcam",
+                     f"data.root={tmp_path / 'nowhere'}"])
+    assert code == 2 and "nowhere" in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_a_failing_job_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    real_build = train.build
+
+    def build(config):
+        if config.model.family == "gcnn":
+            raise RuntimeError("injected failure: out of memory")
+        return real_build(config)
+
+    monkeypatch.setattr(train, "build", build)
+    spec, root = write(tmp_path, TINY), tmp_path / "runs"
+    assert cli.main([str(spec), "--root", str(root), "train.epochs=1"]) == 1
+    rows = query(root, "select family, status, error, traceback from jobs order by job_id")
+    assert [(f, s) for f, s, _, _ in rows] == [("cnn", "done")] * 2 + [("gcnn", "failed")] * 2
+    assert all("injected failure" in e and "Traceback" in t for _, s, e, t in rows if s == "failed")
+    monkeypatch.setattr(train, "build", real_build)
+    assert cli.main([str(spec), "--root", str(root), "train.epochs=1", "--retry-failed"]) == 0
+    assert query(root, "select status, count(*) from jobs group by status") == [("done", 4)]
+
+
+def final_metrics(root: Path) -> dict[str, float]:
+    rows = query(root, "select name, value from final_metrics where name like 'test_%' or name like 'valid_%'")
+    return dict(rows)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, float]:
+    tmp = tmp_path_factory.mktemp("reference")
+    assert cli.main([str(write(tmp, RESUMABLE)), "--root", str(tmp / "runs")]) == 0
+    return final_metrics(tmp / "runs")
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"runner ended early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the runner")
+        time.sleep(0.05)
+
+
+def epochs_recorded(root: Path) -> int:
+    try:
+        return query(root, "select count(distinct epoch) from epoch_metrics")[0][0]
+    except sqlite3.OperationalError:  # the database does not exist yet
+        return 0
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path, reference):
+    spec, root = write(tmp_path, RESUMABLE), tmp_path / "runs"
+    proc = runner_process(spec, root)
+    wait_for(lambda: epochs_recorded(root) >= 1, proc)
+    time.sleep(0.3)  # into the second epoch, between per-batch checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert query(root, "select status from jobs") == [("running",)]  # a zombie until someone notices
+    assert cli.main([str(spec), "--root", str(root), "--stale-after", "0"]) == 0
+    assert query(root, "select status, attempts from jobs") == [("done", 2)]
+    assert final_metrics(root) == reference
+
+
+def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
+    spec, root = write(tmp_path, RESUMABLE), tmp_path / "runs"
+    proc = runner_process(spec, root)
+    wait_for(lambda: epochs_recorded(root) >= 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert query(root, "select status from jobs") == [("interrupted",)]
+    assert cli.main([str(spec), "--root", str(root)]) == 0
+    assert final_metrics(root) == reference
+
+
+def test_two_processes_on_one_spec_never_run_a_job_twice(tmp_path):
+    spec, root = write(tmp_path, TINY.replace('group = "C4"', 'group = "flip"')), tmp_path / "runs"
+    procs = [runner_process(spec, root, "train.epochs=1") for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert query(root, "select status, attempts, count(*) from jobs group by status, attempts") == [("done", 1, 4)]
