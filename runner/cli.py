@@ -77,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
+    if args.workers < 1:
+        errors.print("error: --workers must be >= 1")
+        return EXIT_BAD_INPUT
+    spec = read_spec(args.spec, args.overrides)  # before the heavy imports: a typo is reported at once
     from runner.data import DataError
     from runner.grid import expand
     from runner.run import RunRequest, run_spec
 
-    if args.workers < 1:
-        errors.print("error: --workers must be >= 1")
-        return EXIT_BAD_INPUT
-    spec = read_spec(args.spec, args.overrides)
     request = RunRequest(spec=spec, jobs=tuple(expand(spec)), root=Path(args.root), db_url=db_url(args),
                          workers=args.workers, retry_failed=args.retry_failed, force=args.force,
                          stale_after=args.stale_after, dry_run=args.dry_run)

@@ -205,3 +205,47 @@ def test_two_processes_on_one_spec_never_run_a_job_twice(tmp_path):
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     assert query(root, "select status, attempts, count(*) from jobs group by status, attempts") == [("done", 1, 4)]
+
+
+SEGMENTATION = """
+[experiment]
+name = "tiny-seg"
+task = "segmentation"
+seeds = [0]
+[data]
+image_size = 32
+train_size = 32
+valid_size = 8
+test_size = 8
+[train]
+epochs = 1
+batch_size = 8
+[eval]
+rotation_angles = [0, 90]
+rotation_samples = 8
+[[model]]
+family = "unet"
+width = 4
+depth = 1
+kernel_size = 3
+[[model]]
+family = "gunet"
+group = "C4"
+width = 4
+depth = 1
+kernel_size = 3
+"""
+
+
+def test_segmentation_runs_records_and_reports_both_families(tmp_path, capsys):
+    spec, root = write(tmp_path, SEGMENTATION), tmp_path / "runs"
+    assert cli.main([str(spec), "--root", str(root)]) == 0
+    rows = dict(query(root, "select j.family || ':' || f.name, f.value from final_metrics f join jobs j using (job_id)"))
+    for family in ("unet", "gunet"):
+        for name in ("test_dice", "test_iou", "test_object_f1", "equivariance_error", "grid_error"):
+            assert f"{family}:{name}" in rows, (family, name)
+    assert rows["gunet:equivariance_error"] < 1e-4 < rows["unet:grid_error"]
+    capsys.readouterr()
+    assert cli.main(["report", "--root", str(root)]) == 0
+    table = (root / "report" / "tiny-seg" / "table.md").read_text()
+    assert "unet" in table and "gunet" in table and "Test Dice" in table
