@@ -104,6 +104,14 @@ def test_tiny_run_records_everything_then_skips_and_reports(tmp_path, capsys):
     assert cli.main(["report", "--root", str(root)]) == 0
     written = {p.suffix for p in (root / "report").rglob("*") if p.is_file()}
     assert {".md", ".png", ".html"} <= written
+    capsys.readouterr()
+
+    assert cli.main(["status", "--root", str(root)]) == 0
+    assert "tiny" in capsys.readouterr().out
+    assert cli.main(["show", "1", "--root", str(root)]) == 0
+    shown = capsys.readouterr().out
+    assert "done" in shown and "test_auc=" in shown and '"family": "cnn"' in shown
+    assert cli.main(["show", "zzz", "--root", str(root)]) == 2
 
 
 def test_dry_run_and_bad_spec_write_nothing(tmp_path, capsys):
@@ -197,6 +205,14 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
     assert query(root, "select status from jobs") == [("interrupted",)]
     assert cli.main([str(spec), "--root", str(root)]) == 0
     assert final_metrics(root) == reference
+
+
+def test_workers_run_jobs_in_parallel_processes(tmp_path):
+    spec, root = write(tmp_path, RESUMABLE.replace("seeds = [3]", "seeds = [3, 4]")), tmp_path / "runs"
+    assert cli.main([str(spec), "--root", str(root), "--workers", "2", "train.epochs=1"]) == 0
+    rows = query(root, "select status, attempts, worker from jobs")
+    assert [(s, a) for s, a, _ in rows] == [("done", 1)] * 2
+    assert all(w.endswith((":0", ":1")) for _, _, w in rows)  # claimed by the pool's workers
 
 
 def test_two_processes_on_one_spec_never_run_a_job_twice(tmp_path):
