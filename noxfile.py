@@ -54,3 +54,20 @@ def bench(session: nox.Session) -> None:
     install(session)
     for script in sorted(glob.glob("tests/benchmarks/bench_*.py")):
         session.run("python", script, *session.posargs)
+
+
+@nox.session
+def postgres(session: nox.Session) -> None:
+    """The database tests on a real PostgreSQL server; installs Debian's server with apt-get when missing.
+
+    tests/test_db_postgres.py starts a throwaway server on 127.0.0.1, or uses RUNNER_TEST_DB_URL when set.
+    """
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")) and not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"):
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "postgresql", external=True)
+    session.run_install(
+        "uv", "sync", "--frozen", "--group", "dev", "--group", "postgres", "--inexact",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        silent=True,
+    )
+    session.run("pytest", "-q", "-ra", "tests/test_db_postgres.py", *session.posargs)

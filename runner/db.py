@@ -30,7 +30,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 SCHEMA_VERSION = 1
@@ -145,7 +146,18 @@ def make_engine(url: str):
     engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+    if url.startswith("postgresql"):
+        event.listen(engine, "connect", _postgresql_utc)
     return engine
+
+
+def _postgresql_utc(dbapi_connection, _record) -> None:
+    # now() is timestamptz; stored in our naive DateTime columns it becomes the session's local time. UTC in every
+    # session keeps heartbeats comparable between machines (PGTZ) and through DST changes, as SQLite's clock is.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET TIME ZONE 'UTC'")
+    cursor.close()
+    dbapi_connection.commit()  # a rolled-back SET would be undone
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -208,6 +220,9 @@ class Database:
 
     # ---- experiments and jobs ------------------------------------------------------------------------------------
 
+    # Two runners started together on a new experiment race to insert the same rows: the loser retries and then
+    # finds the winner's rows.
+    @retry(retry=retry_if_exception_type(IntegrityError), stop=stop_after_attempt(3), reraise=True)
     def sync_experiment(self, name: str, task: str, spec_path: str, spec_toml: str,
                         jobs: list[tuple[str, str, dict[str, Any]]]) -> tuple[int, int]:
         """Create the experiment if new and insert the jobs it does not have yet; return (experiment_id, added)."""

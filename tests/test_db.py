@@ -12,37 +12,43 @@ from runner.db import Database, DatabaseError, JobModel, SchemaVersionModel
 CONFIG = {"model": {"family": "cnn", "group": "trivial"}, "seed": 0}
 
 
-def make_db(tmp_path, jobs: int = 3) -> tuple[Database, int, list[str]]:
-    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """A new, empty database; tests/test_db_postgres.py overrides this to run these tests on PostgreSQL."""
+    return f"sqlite:///{tmp_path / 'r.db'}"
+
+
+def make_db(db_url: str, jobs: int = 3) -> tuple[Database, int, list[str]]:
+    db = Database(db_url)
     keys = [f"k{i}" for i in range(jobs)]
     experiment_id, added = db.sync_experiment("e", "classification", "e.toml", "", [(k, k, CONFIG) for k in keys])
     assert added == jobs
     return db, experiment_id, keys
 
 
-def test_sync_is_idempotent_and_adds_only_new_jobs(tmp_path):
-    db, experiment_id, keys = make_db(tmp_path)
+def test_sync_is_idempotent_and_adds_only_new_jobs(db_url):
+    db, experiment_id, keys = make_db(db_url)
     assert db.sync_experiment("e", "classification", "e.toml", "", [(k, k, CONFIG) for k in keys + ["new"]]) == (
         experiment_id, 1)
     with pytest.raises(DatabaseError, match="already exists with task"):
         db.sync_experiment("e", "segmentation", "e.toml", "", [])
 
 
-def test_schema_version_mismatch_is_refused(tmp_path):
-    db, _, _ = make_db(tmp_path)
+def test_schema_version_mismatch_is_refused(db_url):
+    db, _, _ = make_db(db_url)
     with db.session() as s:
         s.execute(update(SchemaVersionModel).values(version=99))
     with pytest.raises(DatabaseError, match="schema version 99.*Upgrade"):
         Database(db.url)
 
 
-def test_missing_database_for_reading(tmp_path):
+def test_missing_database_for_reading(db_url):
     with pytest.raises(DatabaseError, match="run a spec first"):
-        Database(f"sqlite:///{tmp_path / 'none.db'}", create=False)
+        Database(db_url, create=False)
 
 
-def test_claim_takes_each_job_once(tmp_path):
-    db, experiment_id, keys = make_db(tmp_path)
+def test_claim_takes_each_job_once(db_url):
+    db, experiment_id, keys = make_db(db_url)
     claimed = [db.claim(experiment_id, keys, "w") for _ in range(4)]
     assert [j.key for j in claimed[:3]] == keys and claimed[3] is None
     assert all(j.status == "running" and j.attempts == 1 for j in claimed[:3])
@@ -55,8 +61,8 @@ def _claim_all(url: str, experiment_id: int, keys: list[str], name: str, queue) 
     queue.put(None)
 
 
-def test_concurrent_processes_never_claim_the_same_job(tmp_path):
-    db, experiment_id, keys = make_db(tmp_path, jobs=40)
+def test_concurrent_processes_never_claim_the_same_job(db_url):
+    db, experiment_id, keys = make_db(db_url, jobs=40)
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     procs = [context.Process(target=_claim_all, args=(db.url, experiment_id, keys, f"w{i}", queue)) for i in range(3)]
@@ -73,8 +79,8 @@ def test_concurrent_processes_never_claim_the_same_job(tmp_path):
     assert sorted(got) == sorted(keys)  # every job exactly once: no duplicates, none lost
 
 
-def test_stale_running_jobs_are_reclaimed(tmp_path):
-    db, experiment_id, keys = make_db(tmp_path, jobs=1)
+def test_stale_running_jobs_are_reclaimed(db_url):
+    db, experiment_id, keys = make_db(db_url, jobs=1)
     job = db.claim(experiment_id, keys, "dead-worker")
     assert db.reclaim_stale(experiment_id, grace_seconds=3600) == []
     with db.session() as s:
@@ -84,8 +90,8 @@ def test_stale_running_jobs_are_reclaimed(tmp_path):
     assert again.key == job.key and again.attempts == 2
 
 
-def test_epoch_records_replace_a_redone_epoch(tmp_path):
-    db, experiment_id, keys = make_db(tmp_path, jobs=1)
+def test_epoch_records_replace_a_redone_epoch(db_url):
+    db, experiment_id, keys = make_db(db_url, jobs=1)
     job = db.claim(experiment_id, keys, "w")
     db.record_epochs(job.job_id, [(0, {"valid_auc": 0.5}), (1, {"valid_auc": 0.6})])
     db.record_epochs(job.job_id, [(1, {"valid_auc": 0.7, "valid_loss": float("nan")})])
@@ -94,8 +100,8 @@ def test_epoch_records_replace_a_redone_epoch(tmp_path):
                                                            (1, "valid_loss", None)]
 
 
-def test_find_job_by_prefix(tmp_path):
-    db, experiment_id, keys = make_db(tmp_path)
+def test_find_job_by_prefix(db_url):
+    db, experiment_id, keys = make_db(db_url)
     assert db.find_job("k1").key == "k1"
     with pytest.raises(DatabaseError, match="matches"):
         db.find_job("k")
