@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -80,11 +79,10 @@ def parse_group(name: str, max_frequency: int = 3) -> Group:
 
 
 def _import_escnn():
-    # py3nj is only needed for SO(3); escnn warns at import when it is absent.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from escnn import gspaces
-    return gspaces
+    # Loaded through build_cache: it silences escnn's import warning, fixes its SVD and caches its solvers on disk.
+    from equiv.build_cache import load_escnn
+
+    return load_escnn().gspaces
 
 
 @lru_cache(maxsize=None)
@@ -120,6 +118,28 @@ class GridElement:
         if self.flip:
             x = torch.flip(x, dims=(-1,))
         return torch.rot90(x, self.quarter_turns, dims=(-2, -1))
+
+
+def escnn_element(group: Group, element: GridElement):
+    """The element of the gspace's fibre group that acts on the plane as `element` does.
+
+    escnn stores a dihedral/O(2) element as (flip, rotation), acting as the rotation after the flip, with the flip
+    mirroring the X (width) axis for the gspaces built by `gspace` (reflection axis pi/2): the GridElement order.
+    """
+    if element not in grid_elements(group):
+        raise GroupError(f"{element.name} is not an element of {group.name}; its grid elements: "
+                         f"{', '.join(e.name for e in grid_elements(group))}")
+    fibre = gspace(group).fibergroup
+    flip = int(element.flip)
+    if group.kind == "trivial":
+        return fibre.identity
+    if group.kind == "flip":
+        return fibre.element(flip, "int")
+    if group.continuous:
+        angle = element.quarter_turns * math.pi / 2
+        return fibre.element(angle, "radians") if group.kind == "SO2" else fibre.element((flip, angle), "radians")
+    steps = element.quarter_turns * group.order // 4
+    return fibre.element(steps, "int") if group.kind == "C" else fibre.element((flip, steps), "int")
 
 
 def grid_elements(group: Group, include_identity: bool = True) -> list[GridElement]:
