@@ -12,11 +12,12 @@ from typing import Any
 
 from torch import nn
 
+from equiv import checks
 from equiv.export import export_eval
 from equiv.groups import Group, GroupError, parse_group
 
 __all__ = [
-    "FAMILIES", "HPARAMS", "Group", "GroupError", "ModelConfigError", "build_model", "count_params", "export_eval",
+    "FAMILIES", "HPARAMS", "Group", "checks", "GroupError", "ModelConfigError", "build_model", "count_params", "export_eval",
     "parse_group",
 ]
 
