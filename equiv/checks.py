@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from equiv.groups import Group, GridElement, grid_elements, rotate, rotation_angles
@@ -118,3 +119,13 @@ def _outputs(model: nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]
             for name, buffer in model.named_buffers():
                 buffer.copy_(saved[name])
     return outputs
+
+
+def smooth_images(batch: int, size: int = 96, seed: int = 0) -> torch.Tensor:
+    """Random images with tissue-like spatial correlation (noise blurred over ~2 pixels), unit variance."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch * 3, 1, size, size, generator=generator)
+    taps = torch.exp(-torch.arange(-6, 7.0) ** 2 / 8)
+    taps = taps / taps.sum()
+    x = F.conv2d(F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, 6)), taps.view(1, 1, -1, 1), padding=(6, 0))
+    return (x / x.std()).view(batch, 3, size, size)

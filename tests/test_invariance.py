@@ -9,21 +9,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from equiv import build_model
-from equiv.checks import centred_disk, equivariance_errors, invariance_errors, offgrid_errors, relative_error
+from equiv.checks import centred_disk, smooth_images, equivariance_errors, invariance_errors, offgrid_errors, relative_error
 from equiv.groups import escnn_element, grid_elements, parse_group, rotation_angles
 
 GROUPS = ["trivial", "flip", "C4", "D4", "C8", "D8", "SO2", "O2"]
 EXACT = 1e-5
 
-
-def smooth_images(batch: int, size: int = 96, seed: int = 0) -> torch.Tensor:
-    """Random images with tissue-like spatial correlation (noise blurred over ~2 pixels), unit variance."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch * 3, 1, size, size, generator=generator)
-    taps = torch.exp(-torch.arange(-6, 7.0) ** 2 / 8)
-    taps = taps / taps.sum()
-    x = F.conv2d(F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, 6)), taps.view(1, 1, -1, 1), padding=(6, 0))
-    return (x / x.std()).view(batch, 3, size, size)
 
 
 def train_steps(model: nn.Module, steps: int, batch: int = 4) -> None:

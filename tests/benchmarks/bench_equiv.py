@@ -23,21 +23,12 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 import equiv
-from equiv.checks import centred_disk, invariance_errors, offgrid_errors
+from equiv.checks import centred_disk, invariance_errors, offgrid_errors, smooth_images
 from equiv.groups import parse_group, rotate
 
 ROWS = [("cnn", "trivial"), ("gcnn", "flip"), ("gcnn", "C4"), ("gcnn", "D4"), ("gcnn", "C8"), ("gcnn", "D8"),
         ("gcnn", "SO2"), ("gcnn", "O2")]
 OFF_GRID_ANGLES = [15.0, 30.0, 45.0, 60.0, 75.0]
-
-
-def smooth_images(batch: int, size: int = 96, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch * 3, 1, size, size, generator=generator)
-    taps = torch.exp(-torch.arange(-6, 7.0) ** 2 / 8)
-    taps = taps / taps.sum()
-    x = F.conv2d(F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, 6)), taps.view(1, 1, -1, 1), padding=(6, 0))
-    return (x / x.std()).view(batch, 3, size, size)
 
 
 def build_times() -> dict[str, list[float]]:
