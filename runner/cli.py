@@ -81,6 +81,8 @@ def cmd_run(args) -> int:
         errors.print("error: --workers must be >= 1")
         return EXIT_BAD_INPUT
     spec = read_spec(args.spec, args.overrides)  # before the heavy imports: a typo is reported at once
+    # escnn's solver cache lives with the rest of the run state, so deleting the root resets everything.
+    os.environ.setdefault("EQUIV_CACHE_DIR", str(Path(args.root) / "cache" / "equiv"))
     from runner.data import DataError
     from runner.grid import expand
     from runner.run import RunRequest, run_spec
