@@ -19,8 +19,9 @@ HEADLINE_METRIC = {"classification": "test_auc", "segmentation": "test_dice"}
 TEST_METRICS = {"classification": ("test_accuracy", "test_auc", "test_nll", "test_f1"),
                 "segmentation": ("test_dice", "test_iou", "test_object_f1", "test_pixel_accuracy")}
 # invariance_error: over the model's own exact elements (0 for a plain CNN: its group is trivial);
-# grid_error: over all eight rot90/flip elements, the same yardstick for every model.
-ERROR_METRICS = {"classification": ("invariance_error", "grid_error", "offgrid_error"),
+# grid_error: over all eight rot90/flip elements, the same yardstick for every model; rot45_error: a 45 deg turn
+# (interpolated, on a centred disk), the off-grid yardstick for every model.
+ERROR_METRICS = {"classification": ("invariance_error", "grid_error", "offgrid_error", "rot45_error"),
                  "segmentation": ("equivariance_error", "grid_error")}
 COST_METRICS = ("train_seconds", "train_images_per_s", "eval_images_per_s")
 PLAIN_FAMILIES = ("cnn", "unet")
@@ -32,7 +33,7 @@ _NOT_HYPERPARAMETERS = set(ROW_KEYS) | {FRACTION, "model.family", "model.group"}
 
 _HEADERS = {"test_accuracy": "Test acc.", "test_auc": "Test AUC", "test_nll": "Test NLL", "test_f1": "Test F1",
             "test_dice": "Test Dice", "test_iou": "Test IoU", "test_object_f1": "Object F1",
-            "test_pixel_accuracy": "Pixel acc.", "invariance_error": "Own-group error", "grid_error": "D4-grid error",
+            "test_pixel_accuracy": "Pixel acc.", "invariance_error": "Own-group error", "grid_error": "D4-grid error", "rot45_error": "45° error",
             "offgrid_error": "Off-grid error", "equivariance_error": "Equiv. error",
             "train_seconds": "Train time (s)", "train_images_per_s": "Train img/s",
             "eval_images_per_s": "Eval img/s"}

@@ -313,6 +313,8 @@ def symmetry_errors(config, model, split, device) -> dict[str, float]:
     measure = equiv.checks.invariance_errors
     out = {"invariance_error": _worst(measure(model, x, own)), "grid_error": _worst(measure(model, x, grid))}
     out["offgrid_error"] = _worst(equiv.checks.offgrid_errors(model, x, own))
+    # A 45 deg turn is in no finite group below C8, so this one compares every model on the same footing.
+    out["rot45_error"] = _worst(equiv.checks.offgrid_errors(model, x, parse_group("trivial"), angles=[45.0]))
     return out
 
 

@@ -121,7 +121,7 @@ def _final_metrics(config: JobConfig, best: float, rng: np.random.RandomState, n
     auc = best - 0.005 + rng.randn() * 0.004
     return {"test_accuracy": auc - 0.07, "test_auc": auc, "test_nll": 1.2 - auc, "test_f1": auc - 0.08,
             "valid_accuracy": best - 0.07, "valid_auc": best, "invariance_error": error,
-            "offgrid_error": offgrid, "grid_error": _grid_error(config), **timing}
+            "offgrid_error": offgrid, "grid_error": _grid_error(config), "rot45_error": offgrid, **timing}
 
 
 def _curves(config: JobConfig, best: float, rng: np.random.RandomState, n_epochs: int) -> dict[str, np.ndarray]:

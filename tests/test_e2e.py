@@ -86,7 +86,8 @@ def test_tiny_run_records_everything_then_skips_and_reports(tmp_path, capsys):
     assert cli.main([str(spec), "--root", str(root)]) == 0
     assert query(root, "select status, count(*) from jobs group by status") == [("done", 4)]
     metrics = dict(query(root, "select name, count(*) from final_metrics group by name"))
-    for name in ("test_accuracy", "test_auc", "test_nll", "test_f1", "invariance_error", "train_images_per_s"):
+    for name in ("test_accuracy", "test_auc", "test_nll", "test_f1", "invariance_error", "grid_error", "rot45_error",
+                 "train_images_per_s"):
         assert metrics[name] == 4, name
     assert query(root, "select count(distinct epoch) from epoch_metrics") == [(2,)]
     assert query(root, "select count(*) from rotation_metrics where name = 'accuracy'") == [(4 * 3,)]
