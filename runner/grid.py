@@ -5,6 +5,7 @@ checkpoint), so moving the data folder or changing checkpoint frequency never re
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -53,14 +54,8 @@ def build_config(name: str, task: str, seed: int, values: dict[str, Any]) -> C.J
         prefix = section + "."
         sections[section] = cls(**{k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)})
     if sections["model"].family in ("cnn", "unet"):
-        sections["model"] = _replace(sections["model"], group="trivial")
+        sections["model"] = dataclasses.replace(sections["model"], group="trivial")
     return C.JobConfig(experiment=name, task=task, seed=seed, **sections)
-
-
-def _replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def canonical(config: C.JobConfig) -> dict[str, Any]:

@@ -12,13 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import execute
+from runner.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from runner.data import check_source
 from runner.db import Database
 from runner.grid import Job
 from runner.spec import Spec
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-
 
 @dataclass(frozen=True)
 class RunRequest:

@@ -6,6 +6,7 @@ family with sub-tables (`[model.augment]`), and its own lists sweep only that bl
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -163,8 +164,6 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides, problems: list[tuple[str, str]]) -> dict[str, Any]:
     """Set dotted keys on a copy of the raw TOML. `model.X` sets X in every [[model]] block."""
-    import copy
-
     raw = copy.deepcopy(raw)
     for item in overrides:
         try:
