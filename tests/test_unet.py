@@ -81,7 +81,8 @@ def test_plain_unet_is_not_equivariant(arch, train):
     model.train(train)
     x = torch.randn(2, arch["in_channels"], arch["size"], arch["size"])
     errors = _errors(model, x, "D4")
-    assert len(errors) == 7 and min(errors.values()) > 1e-3, errors
+    # 10x the equivariance tolerance: the thorough profile found a width-1, 1-channel U-Net at 7.5e-4.
+    assert len(errors) == 7 and min(errors.values()) > 10 * TOLERANCE, errors
 
 
 @pytest.mark.parametrize("group", EQUIVARIANT_GROUPS)
