@@ -73,6 +73,8 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
             break
         status = run_one(db, job, name, device, options, stop, display)
         counts[status] = counts.get(status, 0) + 1
+    if stop.is_set():
+        counts["stopped"] = 1  # asked to stop: jobs may be left queued
     return counts
 
 

@@ -83,13 +83,18 @@ def summarise(db: Database, experiment_id: int, keys: list[str], counts: dict[st
         table.add_row(str(row.job_id), row.label, row.status, note)
     console.print(table)
     statuses = [row.status for row in rows]
-    if "interrupted" in statuses or counts.get("interrupted"):
+    if counts.get("interrupted") or counts.get("stopped"):
         console.print("Interrupted: rerun the same command to resume from the last checkpoints.")
         return EXIT_INTERRUPTED
     if "failed" in statuses:
         console.print("Some jobs failed: `python -m runner show JOB` prints the traceback; "
                       "rerun with --retry-failed after fixing the cause.")
         return EXIT_FAILED
+    busy = statuses.count("running") + statuses.count("queued") + statuses.count("interrupted")
+    if busy:
+        console.print(f"{busy} jobs are still with another runner (or were left by a stopped one); "
+                      "`python -m runner status` shows them, rerunning this spec takes over stale ones.")
+        return EXIT_OK
     console.print("All jobs done. Next: python -m runner report")
     return EXIT_OK
 
