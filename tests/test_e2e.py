@@ -126,6 +126,13 @@ def test_dry_run_and_bad_spec_write_nothing(tmp_path, capsys):
     assert not root.exists()
 
 
+def test_impossible_synthetic_sizes_are_bad_input(tmp_path, capsys):
+    root = tmp_path / "runs"
+    assert cli.main([str(write(tmp_path, TINY)), "--root", str(root), "data.test_size=0"]) == 2
+    assert "at least 2 samples" in capsys.readouterr().err
+    assert not root.exists()
+
+
 def test_missing_pcam_folder_is_bad_input(tmp_path, capsys):
     root = tmp_path / "runs"
     code = cli.main([str(write(tmp_path, TINY)), "--root", str(root), "data.source=pcam",

@@ -21,7 +21,9 @@ _TASK_SOURCES = {"classification": ("synthetic", "pcam"), "segmentation": ("synt
 def check_source(task: str, data: DataSpec) -> None:
     """Cheap validation of the data source (files, keys, shapes, dtypes, counts); DataError says what to fix."""
     _check_combination(task, data)
-    if data.source == "pcam":
+    if data.source == "synthetic":
+        _check_synthetic_sizes(data, {"train": data.train_size, "valid": data.valid_size, "test": data.test_size})
+    elif data.source == "pcam":
         pcam.check_pcam(_location(data.root, "data.root", "the folder with the PatchCamelyon .h5 files"))
     elif data.source == "folder":
         arrays.check_folder(_location(data.root, "data.root", "a folder with images/ and masks/"))
@@ -35,7 +37,6 @@ def load_splits(task: str, data: DataSpec, cache_dir: Path) -> Splits:
     cache_dir = Path(cache_dir)
     caps = {"train": data.train_size, "valid": data.valid_size, "test": data.test_size}
     if data.source == "synthetic":
-        _check_synthetic_sizes(data, caps)
         if task == "classification":
             folder = synthetic.ensure_pcam(cache_dir, data.seed, data.image_size, caps)
             return pcam.load_pcam(folder, cache_dir, caps, data.fraction, data.seed, data.in_memory,
