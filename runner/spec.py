@@ -317,6 +317,16 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
         if group != "trivial" and plain:
             problems.append((f"{where}.group", f"family {plain[0]!r} is a plain CNN: its group must be 'trivial' "
                              f"(got {group!r}); use family 'gcnn'/'gunet' for {group}"))
+    for kernel in _as_list(values.get("model.kernel_size", C.ModelSpec.kernel_size)):
+        if _is_int(kernel) and kernel % 2 == 0:
+            problems.append((f"{where}.kernel_size", f"got {kernel}; allowed: odd integers 1-15 (an odd kernel "
+                             "keeps the sampling grid centred, which exact invariance needs)"))
+    if task == "segmentation":
+        for depth in _as_list(values.get("model.depth", C.ModelSpec.depth)):
+            for size in _as_list(values.get("data.image_size", C.DataSpec.image_size)):
+                if _is_int(depth) and _is_int(size) and size % 2 ** depth:
+                    problems.append((f"{where}.depth", f"a U-Net of depth {depth} needs data.image_size divisible "
+                                     f"by {2 ** depth}; got {size}"))
     for source in _as_list(values.get("data.source", "synthetic")):
         if source == "pcam" and task == "segmentation":
             problems.append((f"{where}.data.source", "pcam has no masks; for segmentation use synthetic, folder or arrays"))

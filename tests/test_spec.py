@@ -110,3 +110,11 @@ def test_random_values_for_typed_fields_never_crash(value):
             parse_spec(raw, "fuzz.toml")
         except SpecError as exc:
             assert f"train.{key}" in dict(exc.problems)
+
+
+def test_architecture_limits_are_checked_before_running():
+    assert "odd integers" in problems_of({**MINIMAL, "model": [{"family": "cnn", "kernel_size": [3, 4]}]})[
+        "model[0].kernel_size"]
+    seg = {"experiment": {"name": "s", "task": "segmentation"}, "data": {"image_size": 96},
+           "model": [{"family": "unet", "depth": 6}]}
+    assert "divisible by 64" in problems_of(seg)["model[0].depth"]
