@@ -139,10 +139,13 @@ class DatabaseError(Exception):
     """A database problem with the next step in its message."""
 
 
-def make_engine(url: str):
+def make_engine(url: str, create: bool = True):
     """An engine for `url`; SQLite gets WAL (readers never block the writer) and a busy timeout."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url[len("sqlite:///"):])
+        if not create and not path.exists():  # connecting would create an empty file
+            raise DatabaseError(f"{url} has no results yet; run a spec first: python -m runner SPEC")
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -174,7 +177,7 @@ class Database:
 
     def __init__(self, url: str, create: bool = True):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._check_schema(create)
 

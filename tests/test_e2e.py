@@ -273,3 +273,13 @@ def test_segmentation_runs_records_and_reports_both_families(tmp_path, capsys):
     assert cli.main(["report", "--root", str(root)]) == 0
     table = (root / "report" / "tiny-seg" / "table.md").read_text()
     assert "unet" in table and "gunet" in table and "Test Dice" in table
+
+
+def test_runner_root_env_and_missing_database(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RUNNER_ROOT", str(tmp_path / "elsewhere"))
+    assert cli.main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "elsewhere" / "results.db") in err and "run a spec first" in err
+    assert cli.main(["status", "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    assert "none.db" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # looking wrote nothing
