@@ -66,6 +66,16 @@ def _band(ax: Any, x: np.ndarray, mean: np.ndarray, std: np.ndarray, label: str,
     ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.15, linewidth=0)
 
 
+def _bands(ax: Any, lines: pd.DataFrame, long: pd.DataFrame, x: str, offset: float = 0.0, **extra: Any) -> None:
+    """One mean ± std band per drawn model, of `value` against `x` (shifted by `offset`, e.g. 1-based epochs)."""
+    stats, styles = _per_line(lines, long, x), _styles(lines)
+    for name in lines["name"]:
+        part = stats[stats["name"] == name].sort_values(x)
+        if not part.empty:
+            _band(ax, part[x].to_numpy() + offset, part["mean"].to_numpy(), part["std"].to_numpy(), name,
+                  {**styles[name], **extra})
+
+
 def _figure(width: float = 7.0, height: float = 4.2) -> tuple[Figure, Any]:
     figure = Figure(figsize=(width, height), layout="constrained")
     return figure, figure.add_subplot()
@@ -80,13 +90,8 @@ def learning_curves(lines: pd.DataFrame, epochs: pd.DataFrame, task: str) -> Fig
     metric = VALIDATION_METRIC[task]
     if lines.empty or epochs.empty:
         raise Skipped(f"no per-epoch {metric} recorded for the selected models")
-    stats, styles = _per_line(lines, epochs, "epoch"), _styles(lines)
     figure, ax = _figure()
-    for name in lines["name"]:
-        part = stats[stats["name"] == name]
-        if not part.empty:
-            _band(ax, part["epoch"].to_numpy() + 1, part["mean"].to_numpy(), part["std"].to_numpy(), name,
-                  styles[name])
+    _bands(ax, lines, epochs, "epoch", offset=1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel=_LABELS[metric], title="Learning curves (mean ± std over seeds)")
     ax.grid(alpha=0.3)
@@ -99,13 +104,8 @@ def rotation_curves(lines: pd.DataFrame, rotations: pd.DataFrame, task: str) -> 
     metric = ROTATION_METRIC[task]
     if lines.empty or rotations.empty:
         raise Skipped(f"no rotation metrics ({metric!r} by angle) recorded for the selected models")
-    stats, styles = _per_line(lines, rotations, "angle"), _styles(lines)
     figure, ax = _figure()
-    for name in lines["name"]:
-        part = stats[stats["name"] == name].sort_values("angle")
-        if not part.empty:
-            _band(ax, part["angle"].to_numpy(), part["mean"].to_numpy(), part["std"].to_numpy(), name,
-                  {**styles[name], "marker": "o", "markersize": 3})
+    _bands(ax, lines, rotations, "angle", marker="o", markersize=3)
     for angle in (90, 180, 270):
         ax.axvline(angle, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(0, 361, 45))
