@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted KEY=VALUE applied before expansion, e.g. train.epochs=3")
     run.add_argument("--dry-run", action="store_true", help="print the job table and write nothing")
     run.add_argument("--workers", type=int, default=1, help="jobs run in parallel (one per GPU where there are several)")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                     help="where jobs train (default auto: CUDA, then MPS, then CPU); not part of a job's identity")
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument("--force", action="store_true", help="run every job again from scratch")
     run.add_argument("--stale-after", type=float, default=300.0,
@@ -84,12 +86,19 @@ def cmd_run(args) -> int:
     # escnn's solver cache lives with the rest of the run state, so deleting the root resets everything.
     os.environ.setdefault("EQUIV_CACHE_DIR", str(Path(args.root) / "cache" / "equiv"))
     from runner.data import DataError
+    from runner.device import pick_device
     from runner.grid import expand
     from runner.run import RunRequest, run_spec
 
+    try:
+        pick_device(0, args.device)  # an impossible --device is bad input, found before anything is written
+    except RuntimeError as exc:
+        errors.print(f"error: {exc}")
+        return EXIT_BAD_INPUT
+
     request = RunRequest(spec=spec, jobs=tuple(expand(spec)), root=Path(args.root), db_url=db_url(args),
                          workers=args.workers, retry_failed=args.retry_failed, force=args.force,
-                         stale_after=args.stale_after, dry_run=args.dry_run)
+                         stale_after=args.stale_after, dry_run=args.dry_run, device=args.device)
     try:
         return run_spec(request, console)
     except DataError as exc:

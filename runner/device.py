@@ -4,7 +4,19 @@ from __future__ import annotations
 import torch
 
 
-def pick_device(worker_index: int = 0) -> torch.device:
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(worker_index: int = 0, requested: str = "auto") -> torch.device:
+    """`auto`: CUDA, then MPS, then CPU. An explicit request that this machine cannot honour is an error."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the driver)")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("--device mps: Apple's MPS backend is not available on this machine")
+    if requested == "mps":
+        return torch.device("mps")
     if torch.cuda.is_available():
         return torch.device("cuda", worker_index % torch.cuda.device_count())
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

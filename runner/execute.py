@@ -35,6 +35,7 @@ class WorkerOptions:
     stale_after: float = 300.0  # seconds without a heartbeat before a running job counts as abandoned
     heartbeat_every: float = 20.0
     worker_index: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
 
 
 class StopFlag:
@@ -64,7 +65,7 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
     """Claim and run jobs until none is left or a stop is requested; returns counts by final status."""
     db = Database(options.db_url)
     name = worker_name(options.worker_index)
-    device = pick_device(options.worker_index)
+    device = pick_device(options.worker_index, options.device)
     counts: dict[str, int] = {}
     while not stop.is_set():
         db.reclaim_stale(options.experiment_id, options.stale_after)

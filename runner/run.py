@@ -29,6 +29,7 @@ class RunRequest:
     force: bool = False
     stale_after: float = 300.0
     dry_run: bool = False
+    device: str = "auto"
 
 
 def run_spec(request: RunRequest, console: Console) -> int:
@@ -50,7 +51,7 @@ def run_spec(request: RunRequest, console: Console) -> int:
     if not todo:
         return EXIT_OK
     options = execute.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
-                                    keys=tuple(keys), stale_after=request.stale_after)
+                                    keys=tuple(keys), stale_after=request.stale_after, device=request.device)
     counts = execute.run_jobs(options, request.workers, total=len(todo))
     return summarise(db, experiment_id, keys, counts, console)
 

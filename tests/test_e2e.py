@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from runner import cli, train
 
@@ -283,3 +284,12 @@ def test_runner_root_env_and_missing_database(tmp_path, monkeypatch, capsys):
     assert cli.main(["status", "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert "none.db" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # looking wrote nothing
+
+
+def test_device_request_that_cannot_be_honoured_is_bad_input(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    root = tmp_path / "runs"
+    assert cli.main([str(write(tmp_path, TINY)), "--root", str(root), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not root.exists()
