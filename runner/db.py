@@ -318,9 +318,12 @@ class Database:
                       for epoch, metrics in history for name, value in metrics.items())
 
     def finish(self, job_id: int, worker: str, final: dict[str, float], rotation: list[tuple[float, str, float]],
-               artifacts: dict[str, tuple[str, bytes]], params: int | None) -> None:
-        """Write a job's results and mark it done, all in one transaction."""
+               artifacts: dict[str, tuple[str, bytes]], params: int | None) -> bool:
+        """Write a job's results and mark it done, all in one transaction; False (nothing written) when another
+        worker has taken the job over meanwhile (this one was presumed dead), so results never mix."""
         with self.session() as s:
+            if s.scalar(select(JobModel.worker).where(JobModel.job_id == job_id)) != worker:
+                return False
             for model in (FinalMetricModel, RotationMetricModel, ArtifactModel):
                 s.execute(delete(model).where(model.job_id == job_id))
             s.add_all(FinalMetricModel(job_id=job_id, name=k, value=_finite(v)) for k, v in final.items())
@@ -328,6 +331,7 @@ class Database:
             s.add_all(ArtifactModel(job_id=job_id, name=k, media_type=t, data=d) for k, (t, d) in artifacts.items())
             s.execute(update(JobModel).where(JobModel.job_id == job_id).values(
                 status="done", finished_at=func.now(), params=params, error=None, traceback=None))
+            return True
 
     def mark(self, job_id: int, status: str, error: str | None = None, traceback: str | None = None) -> None:
         """Mark a job failed or interrupted (with the error and traceback)."""

@@ -103,7 +103,9 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
         db.mark(job.job_id, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         _ended(display, job.label, "failed", f"{type(exc).__name__}: {exc}")
         return "failed"
-    db.finish(job.job_id, name, result.final, result.rotation, result.artifacts, result.params)
+    if not db.finish(job.job_id, name, result.final, result.rotation, result.artifacts, result.params):
+        _ended(display, job.label, "superseded", "(another worker took this job over; its result stands)")
+        return "superseded"
     _ended(display, job.label, "done", _summary(result.final))
     return "done"
 

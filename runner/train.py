@@ -90,7 +90,7 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
     last_save = time.monotonic()
     while progress.epoch < config.train.epochs and not early_stopped(config, progress):
         model.train()
-        start = time.monotonic()
+        start = epoch_start = time.monotonic()  # `start` restarts at mid-epoch checkpoints, `epoch_start` does not
         batches = iterate_batches(splits.train, config.train.batch_size, shuffle=True, seed=config.seed,
                                   epoch=progress.epoch, start_batch=progress.batch, prefetch=device.type == "cuda")
         for x, y in batches:
@@ -113,7 +113,7 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
         progress.train_seconds += time.monotonic() - start
         metrics = validate(config, model, splits.valid, device)
         metrics.update(train_loss=progress.loss_sum / max(progress.seen, 1), lr=optimizer.param_groups[0]["lr"],
-                       epoch_seconds=time.monotonic() - start)
+                       epoch_seconds=time.monotonic() - epoch_start)
         best_state = update_best(config, progress, metrics, model, best_state)
         progress.history.append((progress.epoch, metrics))
         scheduler.step()

@@ -105,3 +105,16 @@ def test_find_job_by_prefix(db_url):
     assert db.find_job("k1").key == "k1"
     with pytest.raises(DatabaseError, match="matches"):
         db.find_job("k")
+
+
+def test_a_presumed_dead_worker_cannot_overwrite_the_new_owner(db_url):
+    db, experiment_id, keys = make_db(db_url, jobs=1)
+    job = db.claim(experiment_id, keys, "slow-worker")
+    with db.session() as s:
+        s.execute(update(JobModel).values(heartbeat_at=datetime(2000, 1, 1)))
+    db.reclaim_stale(experiment_id, grace_seconds=60)
+    assert db.claim(experiment_id, keys, "new-worker") is not None
+    assert db.finish(job.job_id, "slow-worker", {"test_auc": 0.1}, [], {}, 10) is False
+    assert db.metrics_of(job.job_id)[1] == []
+    assert db.finish(job.job_id, "new-worker", {"test_auc": 0.9}, [], {}, 10) is True
+    assert [(m.name, m.value) for m in db.metrics_of(job.job_id)[1]] == [("test_auc", 0.9)]
