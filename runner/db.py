@@ -31,7 +31,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_fixed,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 SCHEMA_VERSION = 1
@@ -207,12 +214,8 @@ class Database:
                 raise DatabaseError(f"{self.url} holds tables that are not a results database; use another --db")
             if not create:
                 raise DatabaseError(f"{self.url} has no results yet; run a spec first: python -m runner SPEC")
-            BaseModel.metadata.create_all(self.engine)
-            with self.session() as s:
-                s.add(SchemaVersionModel(version=SCHEMA_VERSION))
-            return
-        with self.session() as s:
-            version = s.scalar(select(func.max(SchemaVersionModel.version)))
+            self._create_schema()
+        version = self._schema_version()
         if version != SCHEMA_VERSION:
             newer = (version or 0) > SCHEMA_VERSION
             raise DatabaseError(
@@ -220,6 +223,24 @@ class Database:
                 + ("Upgrade the runner (pip install -U / git pull)." if newer
                    else "Export what you need with `python -m runner report`, then start a new database with --db.")
             )
+
+    def _create_schema(self) -> None:
+        try:
+            BaseModel.metadata.create_all(self.engine)
+            with self.session() as s:
+                # A fixed id: of two runners creating the database at once, exactly one inserts the version.
+                s.add(SchemaVersionModel(schema_version_id=1, version=SCHEMA_VERSION))
+        except (OperationalError, IntegrityError, DatabaseError):
+            # Another runner created the same tables at the same moment; it finishes the job, we read its result.
+            if not inspect(self.engine).has_table("schema_versions"):
+                raise
+
+    @retry(retry=retry_if_result(lambda version: version is None), stop=stop_after_delay(30),
+           wait=wait_fixed(0.2), retry_error_callback=lambda state: None)
+    def _schema_version(self) -> int | None:
+        """The stored schema version, waiting briefly while a racing runner is still creating the database."""
+        with self.session() as s:
+            return s.scalar(select(func.max(SchemaVersionModel.version)))
 
     # ---- experiments and jobs ------------------------------------------------------------------------------------
 

@@ -118,3 +118,26 @@ def test_a_presumed_dead_worker_cannot_overwrite_the_new_owner(db_url):
     assert db.metrics_of(job.job_id)[1] == []
     assert db.finish(job.job_id, "new-worker", {"test_auc": 0.9}, [], {}, 10) is True
     assert [(m.name, m.value) for m in db.metrics_of(job.job_id)[1]] == [("test_auc", 0.9)]
+
+
+def _open_and_sync(url: str, queue) -> None:
+    try:
+        Database(url).sync_experiment("e", "classification", "e.toml", "", [("k", "k", CONFIG)])
+        queue.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as text
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_runners_creating_the_same_new_database_at_once_all_succeed(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        url, queue = f"sqlite:///{tmp_path / f'new{round_}.db'}", context.Queue()
+        procs = [context.Process(target=_open_and_sync, args=(url, queue)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        results = [queue.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+        assert results == ["ok"] * 3
+        with Database(url).session() as s:
+            assert s.query(SchemaVersionModel).count() == 1
