@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,9 @@ from tenacity import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-SCHEMA_VERSION = 1
-JOB_STATUSES = ("queued", "running", "done", "failed", "interrupted")
+SCHEMA_VERSION = 2
+JOB_STATUSES = ("queued", "running", "done", "failed", "interrupted", "pruned")
+FINISHED = ("done", "failed", "pruned")  # final: a rerun does not resume these (--retry-failed / --force do)
 
 
 class BaseModel(DeclarativeBase):
@@ -140,6 +142,72 @@ class ArtifactModel(BaseModel):
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 
 
+class TrialModel(BaseModel):
+    """One configuration of a study: a sampled search trial or a final-evaluation pick. Its jobs (one per seed) are
+    linked in trial_jobs; two trials with the same resolved config share the same jobs (same key)."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("experiment_id", "stream", "role", "number"),)
+    trial_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.experiment_id"), nullable=False, index=True)
+    stream: Mapped[str] = mapped_column(String(255), nullable=False)  # one search, or one model of the final stage
+    role: Mapped[str] = mapped_column(String(16), nullable=False)  # search | final
+    number: Mapped[int] = mapped_column(Integer, nullable=False)  # trial number within the stream, from 0
+    params_json: Mapped[str] = mapped_column(Text, nullable=False)  # sampled values by dotted key
+    system_attrs_json: Mapped[str] = mapped_column(Text, nullable=False)  # the sampler's bookkeeping, for rebuilds
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+
+class TrialJobModel(BaseModel):
+    __tablename__ = "trial_jobs"
+    __table_args__ = (UniqueConstraint("trial_id", "job_id"),)
+    trial_job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.trial_id", ondelete="CASCADE"), nullable=False,
+                                          index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False, index=True)
+
+
+class RungModel(BaseModel):
+    """A pruning decision: job reached `epoch` (rung `rung`) with `value`; it went on iff `promoted`. `cut` is the
+    value it had to reach and `competitors` how many jobs (itself included) the decision compared."""
+
+    __tablename__ = "rungs"
+    __table_args__ = (UniqueConstraint("job_id", "rung"),)
+    rung_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False, index=True)
+    rung: Mapped[int] = mapped_column(Integer, nullable=False)
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False)  # 1-based: epochs completed
+    metric: Mapped[str] = mapped_column(String(64), nullable=False)
+    value: Mapped[float | None] = mapped_column(Float)
+    cut: Mapped[float | None] = mapped_column(Float)
+    competitors: Mapped[int] = mapped_column(Integer, nullable=False)
+    promoted: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+
+@dataclass(frozen=True)
+class NewTrial:
+    stream: str
+    role: str  # search | final
+    number: int
+    params: dict[str, Any]
+    system_attrs: dict[str, Any]
+    jobs: tuple[tuple[str, str, dict[str, Any]], ...]  # (key, label, config) per seed
+
+
+@dataclass(frozen=True)
+class StudySnapshot:
+    """Plain rows: jobs (job_id, key, status, config_json), trials (trial_id, stream, role, number, params_json,
+    system_attrs_json), links (trial_id, job_id), epochs (job_id, epoch, name, value), rungs (job_id, rung, epoch,
+    value, promoted)."""
+
+    jobs: tuple[tuple, ...]
+    trials: tuple[tuple, ...]
+    links: tuple[tuple, ...]
+    epochs: tuple[tuple, ...]
+    rungs: tuple[tuple, ...]
+
+
 # ---- connection and session ------------------------------------------------------------------------------------
 
 class DatabaseError(Exception):
@@ -216,6 +284,8 @@ class Database:
                 raise DatabaseError(f"{self.url} has no results yet; run a spec first: python -m runner SPEC")
             self._create_schema()
         version = self._schema_version()
+        if version == 1 and create:
+            version = self._migrate_1_to_2()
         if version != SCHEMA_VERSION:
             newer = (version or 0) > SCHEMA_VERSION
             raise DatabaseError(
@@ -234,6 +304,14 @@ class Database:
             # Another runner created the same tables at the same moment; it finishes the job, we read its result.
             if not inspect(self.engine).has_table("schema_versions"):
                 raise
+
+    def _migrate_1_to_2(self) -> int:
+        """Version 2 adds the study tables (trials, trial_jobs, rungs) and the status 'pruned'; nothing else changes,
+        so creating the missing tables is the whole migration."""
+        BaseModel.metadata.create_all(self.engine)  # creates only the tables that are missing
+        with self.session() as s:
+            s.execute(update(SchemaVersionModel).where(SchemaVersionModel.version == 1).values(version=2))
+        return 2
 
     @retry(retry=retry_if_result(lambda version: version is None), stop=stop_after_delay(30),
            wait=wait_fixed(0.2), retry_error_callback=lambda state: None)
@@ -266,9 +344,7 @@ class Database:
             for key, label, config in jobs:
                 if key in known:
                     continue
-                s.add(JobModel(experiment_id=experiment.experiment_id, key=key, label=label,
-                               config_json=json.dumps(config, sort_keys=True), family=config["model"]["family"],
-                               group_name=config["model"]["group"], seed=config["seed"], status="queued"))
+                s.add(_new_job(experiment.experiment_id, key, label, config))
                 added += 1
             return experiment.experiment_id, added
 
@@ -279,8 +355,12 @@ class Database:
         return [r for r in rows if keys is None or r.key in set(keys)]
 
     def requeue(self, experiment_id: int, keys: list[str], statuses: tuple[str, ...]) -> int:
-        """Put jobs with one of `statuses` back in the queue (for --retry-failed and --force)."""
+        """Put jobs with one of `statuses` back in the queue (for --retry-failed and --force); their pruning decisions
+        go with them, so the rerun decides afresh."""
         with self.session() as s:
+            requeued = select(JobModel.job_id).where(
+                JobModel.experiment_id == experiment_id, JobModel.key.in_(keys), JobModel.status.in_(statuses))
+            s.execute(delete(RungModel).where(RungModel.job_id.in_(requeued)))
             result = s.execute(update(JobModel).where(
                 JobModel.experiment_id == experiment_id, JobModel.key.in_(keys), JobModel.status.in_(statuses)
             ).values(status="queued", error=None, traceback=None))
@@ -360,6 +440,61 @@ class Database:
             s.execute(update(JobModel).where(JobModel.job_id == job_id).values(
                 status=status, finished_at=func.now(), error=error, traceback=traceback))
 
+    # ---- studies: trials, their jobs, pruning decisions --------------------------------------------------------
+
+    def add_trial(self, experiment_id: int, trial: NewTrial) -> bool:
+        """Insert a trial, the jobs it needs that do not exist yet, and the links, in one transaction. False (nothing
+        written) when another runner has just added the same trial number or job: re-plan and try again."""
+        try:
+            with self.session() as s:
+                row = TrialModel(experiment_id=experiment_id, stream=trial.stream, role=trial.role,
+                                 number=trial.number, params_json=json.dumps(trial.params, sort_keys=True),
+                                 system_attrs_json=json.dumps(trial.system_attrs, sort_keys=True))
+                s.add(row)
+                s.flush()
+                keys = [key for key, _, _ in trial.jobs]
+                known = dict(s.execute(select(JobModel.key, JobModel.job_id).where(
+                    JobModel.experiment_id == experiment_id, JobModel.key.in_(keys))).tuples().all())
+                for key, label, config in trial.jobs:
+                    if key not in known:
+                        job = _new_job(experiment_id, key, label, config)
+                        s.add(job)
+                        s.flush()
+                        known[key] = job.job_id
+                    s.add(TrialJobModel(trial_id=row.trial_id, job_id=known[key]))
+            return True
+        except IntegrityError:
+            return False
+
+    def study_snapshot(self, experiment_id: int, metrics: tuple[str, ...]) -> StudySnapshot:
+        """Everything a search decision reads, from one transaction (a consistent view while others write)."""
+        with self.session() as s:
+            in_experiment = JobModel.experiment_id == experiment_id
+            jobs = s.execute(select(JobModel.job_id, JobModel.key, JobModel.status, JobModel.config_json)
+                             .where(in_experiment).order_by(JobModel.job_id)).tuples().all()
+            trials = s.execute(select(TrialModel.trial_id, TrialModel.stream, TrialModel.role, TrialModel.number,
+                                      TrialModel.params_json, TrialModel.system_attrs_json)
+                               .where(TrialModel.experiment_id == experiment_id)
+                               .order_by(TrialModel.trial_id)).tuples().all()
+            links = s.execute(select(TrialJobModel.trial_id, TrialJobModel.job_id).join(TrialModel)
+                              .where(TrialModel.experiment_id == experiment_id)).tuples().all()
+            epochs = s.execute(select(EpochMetricModel.job_id, EpochMetricModel.epoch, EpochMetricModel.name,
+                                      EpochMetricModel.value).join(JobModel)
+                               .where(in_experiment, EpochMetricModel.name.in_(metrics))).tuples().all()
+            rungs = s.execute(select(RungModel.job_id, RungModel.rung, RungModel.epoch, RungModel.value,
+                                     RungModel.promoted).join(JobModel).where(in_experiment)
+                              .order_by(RungModel.job_id, RungModel.rung)).tuples().all()
+        return StudySnapshot(jobs=tuple(jobs), trials=tuple(trials), links=tuple(links), epochs=tuple(epochs),
+                             rungs=tuple(rungs))
+
+    def record_rungs(self, job_id: int, metric: str, rungs: list[tuple[int, int, float, float | None, int, bool]]) -> None:
+        """Store pruning decisions (rung, epoch, value, cut, competitors, promoted); a rung already decided stays."""
+        with self.session() as s:
+            decided = set(s.scalars(select(RungModel.rung).where(RungModel.job_id == job_id)))
+            s.add_all(RungModel(job_id=job_id, rung=rung, epoch=epoch, metric=metric, value=_finite(value),
+                                cut=_finite(cut), competitors=competitors, promoted=promoted)
+                      for rung, epoch, value, cut, competitors, promoted in rungs if rung not in decided)
+
     # ---- reading -------------------------------------------------------------------------------------------------
 
     def experiments(self) -> list[ExperimentModel]:
@@ -397,6 +532,12 @@ class Database:
             final = list(s.scalars(select(FinalMetricModel).where(FinalMetricModel.job_id == job_id)
                                    .order_by(FinalMetricModel.name)))
         return epochs, final
+
+
+def _new_job(experiment_id: int, key: str, label: str, config: dict[str, Any]) -> JobModel:
+    return JobModel(experiment_id=experiment_id, key=key, label=label, config_json=json.dumps(config, sort_keys=True),
+                    family=config["model"]["family"], group_name=config["model"]["group"], seed=config["seed"],
+                    status="queued")
 
 
 def _finite(value: float | None) -> float | None:

@@ -24,6 +24,9 @@ from runner.device import describe, pick_device
 from runner.display import make_display
 from runner.grid import config_from_dict
 from runner.provenance import collect
+from runner.spec import Spec
+
+PLAN_POLL_SECONDS = 2.0  # how often an idle worker of a study looks again while other runners' jobs finish
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class WorkerOptions:
     heartbeat_every: float = 20.0
     worker_index: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
+    spec: Spec | None = None  # set for a study: idle workers ask runner.search for new trials and final jobs
 
 
 class StopFlag:
@@ -67,16 +71,49 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
     name = worker_name(options.worker_index)
     device = pick_device(options.worker_index, options.device)
     counts: dict[str, int] = {}
+    keys = list(options.keys)
     while not stop.is_set():
         db.reclaim_stale(options.experiment_id, options.stale_after)
-        job = db.claim(options.experiment_id, list(options.keys), name)
+        job = db.claim(options.experiment_id, keys, name)
         if job is None:
-            break
+            keys = _more_work(db, options, stop)
+            if keys is None:
+                break
+            continue
         status = run_one(db, job, name, device, options, stop, display)
         counts[status] = counts.get(status, 0) + 1
     if stop.is_set():
         counts["stopped"] = 1  # asked to stop: jobs may be left queued
     return counts
+
+
+def _more_work(db: Database, options: WorkerOptions, stop: StopFlag) -> list[str] | None:
+    """A study's next jobs (the spec's keys, new trials included); None when nothing is left to plan or run."""
+    from runner import search  # optuna loads only for studies
+
+    if options.spec is None or not options.spec.searched:
+        return None
+    while not stop.is_set():
+        plan = search.plan(db, options.spec, options.experiment_id)
+        if plan.added or _claimable(db, options.experiment_id, plan.keys):
+            return list(plan.keys)
+        if not plan.open:
+            return None
+        time.sleep(PLAN_POLL_SECONDS)  # other runners hold the last jobs that the next stage depends on
+        db.reclaim_stale(options.experiment_id, options.stale_after)
+    return None
+
+
+def _claimable(db: Database, experiment_id: int, keys) -> bool:
+    return any(row.status in ("queued", "interrupted") for row in db.jobs(experiment_id, list(keys)))
+
+
+def _prune_hook(db: Database, options: WorkerOptions, job_id: int):
+    if options.spec is None or not any(b.search and b.search.prune != "none" for b in options.spec.blocks):
+        return lambda epochs: None
+    from runner import search
+
+    return lambda epochs: search.prune_check(db, options.spec, options.experiment_id, job_id, epochs)
 
 
 def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: StopFlag, display) -> str:
@@ -90,6 +127,7 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
         should_stop=stop.is_set,
         progress=(lambda info: display.batch(job.label, info)) if display else (lambda info: None),
         on_model=lambda params: db.set_provenance(job.job_id, params=params),
+        after_epoch=_prune_hook(db, options, job.job_id),
     )
     path = checkpoint.checkpoint_path(options.root, job.key)
     try:
@@ -99,6 +137,10 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
         _ended(display, job.label, "interrupted", "(rerun the spec to resume from its checkpoint)")
         stop.event.set()
         return "interrupted"
+    except train.Pruned as exc:
+        db.mark(job.job_id, "pruned", error=str(exc))
+        _ended(display, job.label, "pruned", str(exc).removeprefix("pruned "))
+        return "pruned"
     except Exception as exc:  # noqa: BLE001 - any job failure is recorded and the other jobs go on
         db.mark(job.job_id, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         _ended(display, job.label, "failed", f"{type(exc).__name__}: {exc}")

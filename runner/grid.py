@@ -27,10 +27,12 @@ class Job:
 
 
 def expand(spec: Spec) -> list[Job]:
-    """Every job of the spec, in a stable order (block, sweep values, seed); duplicates dropped."""
+    """Every grid job of the spec, in a stable order (block, sweep values, seed); duplicates dropped."""
     jobs: dict[str, Job] = {}
     for block in spec.blocks:
-        for values, swept in _block_points(block):
+        if block.search is not None:
+            continue  # its jobs are sampled trials, planned from the database (runner.search)
+        for values, swept in block_points(block):
             for seed in spec.seeds:
                 config = build_config(spec.name, spec.task, seed, values)
                 key = job_key(config)
@@ -38,7 +40,7 @@ def expand(spec: Spec) -> list[Job]:
     return list(jobs.values())
 
 
-def _block_points(block: ModelBlock) -> list[tuple[dict[str, Any], list[str]]]:
+def block_points(block: ModelBlock) -> list[tuple[dict[str, Any], list[str]]]:
     """The cartesian product of the block's swept keys (sorted for determinism)."""
     swept = sorted(k for k, v in block.values.items() if isinstance(v, list))
     fixed = {k: v for k, v in block.values.items() if k not in swept}

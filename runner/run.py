@@ -14,7 +14,7 @@ from rich.table import Table
 from runner import execute
 from runner.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from runner.data import check_source
-from runner.db import Database
+from runner.db import FINISHED, Database
 from runner.grid import Job
 from runner.spec import Spec
 
@@ -35,25 +35,66 @@ class RunRequest:
 def run_spec(request: RunRequest, console: Console) -> int:
     check_sources(request)
     if request.dry_run:
-        console.print(job_table(request.jobs, title=f"{request.spec.name}: {len(request.jobs)} jobs (dry run)"))
+        if request.jobs or not request.spec.searched:
+            console.print(job_table(request.jobs, title=f"{request.spec.name}: {len(request.jobs)} jobs (dry run)"))
+        if request.spec.searched:
+            console.print(study_table(request.spec))
         return EXIT_OK
     db = Database(request.db_url)
     experiment_id, added = db.sync_experiment(
         request.spec.name, request.spec.task, request.spec.path, request.spec.text,
         [(job.key, job.label, job.config.to_dict()) for job in request.jobs],
     )
-    keys = [job.key for job in request.jobs]
+    keys = spec_keys(db, experiment_id, request)
     requeue(db, experiment_id, keys, request)
     before = {row.key: row.status for row in db.jobs(experiment_id, keys)}
-    todo = [k for k in keys if before[k] != "done"]
+    ended = FINISHED if request.spec.searched else ("done",)  # a pruned trial is as final as a done one
+    todo = [k for k in keys if before[k] not in ended]
     console.print(f"{request.spec.name}: {len(keys) - len(todo)} of {len(keys)} jobs already done"
                   + (f", {added} new" if added else "") + f"; results in {db.url}")
-    if not todo:
+    if not todo and not request.spec.searched:
         return EXIT_OK
     options = execute.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
-                                    keys=tuple(keys), stale_after=request.stale_after, device=request.device)
-    counts = execute.run_jobs(options, request.workers, total=len(todo))
-    return summarise(db, experiment_id, keys, counts, console)
+                                    keys=tuple(keys), stale_after=request.stale_after, device=request.device,
+                                    spec=request.spec if request.spec.searched else None)
+    counts = execute.run_jobs(options, request.workers, total=max(len(todo), study_size(request.spec)))
+    return summarise(db, experiment_id, spec_keys(db, experiment_id, request), counts, console)
+
+
+def spec_keys(db: Database, experiment_id: int, request: RunRequest) -> list[str]:
+    """The grid's jobs, and for a study also every trial and final job it has added so far."""
+    if not request.spec.searched:
+        return [job.key for job in request.jobs]
+    from runner import search
+
+    return list(search.current(db, request.spec, experiment_id).keys)
+
+
+def study_size(spec: Spec) -> int:
+    """Jobs a study will have at most (for progress): trials x seeds per stream, plus the final jobs."""
+    from runner.search.streams import streams
+
+    searched = sum(s.search.trials for s in streams(spec)) * len(spec.seeds)
+    final = len(spec.final.seeds) * len(spec.blocks) if spec.final else 0
+    return searched + final
+
+
+def study_table(spec: Spec) -> Table:
+    from runner.search.streams import streams
+
+    table = Table(title=f"{spec.name}: study plan (trials are sampled while it runs)")
+    for column in ("stream", "sampler", "trials x seeds", "pruning", "metric", "space"):
+        table.add_column(column)
+    for s in streams(spec):
+        p = s.search
+        pruning = "none" if p.prune == "none" else f"{p.prune} (min {p.min_epochs} epochs, factor {p.reduction_factor})"
+        table.add_row(s.key, p.sampler, f"{p.trials} x {len(spec.seeds)}", pruning, p.metric,
+                      "; ".join(f"{k} {d.describe()}" for k, d in p.space))
+    if spec.final:
+        f = spec.final
+        table.add_row("final", f"best by {f.select}", f"1 x {len(f.seeds)}", "none", f.select,
+                      f"per {', '.join(f.per)}" + (f", {f.epochs} epochs" if f.epochs else ""))
+    return table
 
 
 def check_sources(request: RunRequest) -> None:
@@ -68,7 +109,7 @@ def check_sources(request: RunRequest) -> None:
 
 def requeue(db: Database, experiment_id: int, keys: list[str], request: RunRequest) -> None:
     if request.force:
-        db.requeue(experiment_id, keys, ("done", "failed", "interrupted"))
+        db.requeue(experiment_id, keys, ("done", "failed", "interrupted", "pruned"))
         execute.forget_checkpoints(request.root, keys)
     elif request.retry_failed:
         db.requeue(experiment_id, keys, ("failed",))

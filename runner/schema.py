@@ -9,6 +9,7 @@ from typing import Any
 
 from runner.spec import BLOCK_OVERRIDABLE, BOUNDS, CHOICES, LIST_VALUED, SECTIONS, field_types
 from runner import config as C
+from runner import search_spec as S
 
 _JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 
@@ -38,9 +39,45 @@ def section_schema(section: str) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "properties": props}
 
 
+def _distribution() -> dict[str, Any]:
+    pair = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+    one = {kind: {"type": "object", "additionalProperties": False, "required": [kind],
+                  "properties": {kind: pair, **({"step": {"type": "number", "exclusiveMinimum": 0}}
+                                                if kind in ("int", "uniform") else {})}}
+           for kind in ("log", "uniform", "int")}
+    one["choice"] = {"type": "object", "additionalProperties": False, "required": ["choice"],
+                     "properties": {"choice": {"type": "array", "minItems": 1}}}
+    return {"oneOf": list(one.values())}
+
+
+def search_schema() -> dict[str, Any]:
+    metrics = {"enum": list(S.METRIC_DIRECTIONS)}
+    return {"type": "object", "additionalProperties": False, "properties": {
+        "sampler": {"enum": list(S.SAMPLERS), "default": "tpe"},
+        "trials": {"type": "integer", "minimum": 1},
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
+        "prune": {"enum": list(S.PRUNERS), "default": "none"},
+        "min_epochs": {"type": "integer", "minimum": 1, "default": 1},
+        "reduction_factor": {"type": "integer", "minimum": 2, "default": 3},
+        "metric": metrics,
+        "startup_trials": {"type": "integer", "minimum": 0, "default": 5},
+        "space": {"type": "object", "additionalProperties": _distribution()},
+    }}
+
+
+def final_schema() -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "required": ["seeds"], "properties": {
+        "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        "epochs": {"type": "integer", "minimum": 1},
+        "select": {"enum": list(S.METRIC_DIRECTIONS)},
+        "per": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": list(S.DEFAULT_PER)},
+    }}
+
+
 def json_schema() -> dict[str, Any]:
     model = section_schema("model")
     model["properties"].update({s: section_schema(s) for s in BLOCK_OVERRIDABLE})
+    model["properties"]["search"] = search_schema()
     model["required"] = ["family"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -57,6 +94,8 @@ def json_schema() -> dict[str, Any]:
             }},
             **{s: section_schema(s) for s in ("data", "train", "augment", "eval")},
             "grid": {"type": "object", "additionalProperties": {"type": "array", "minItems": 1}},
+            "search": search_schema(),
+            "final": final_schema(),
             "model": {"type": "array", "minItems": 1, "items": model},
         },
     }

@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 from equiv.groups import GroupError, VALID_FORMS, parse_group
 from runner import config as C
+from runner.search_spec import FinalSpec, SearchSpec, merge_search, parse_final, parse_search
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,7 +31,8 @@ SECTIONS: dict[str, type] = {
 }
 EXPERIMENT_KEYS = ("name", "task", "seeds", "description")
 BLOCK_OVERRIDABLE = ("data", "train", "augment")
-TOP_LEVEL = ("experiment", "data", "train", "augment", "eval", "grid", "model")
+TOP_LEVEL = ("experiment", "data", "train", "augment", "eval", "grid", "search", "final", "model")
+SEARCHABLE_SECTIONS = ("data", "train", "augment", "model")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class ModelBlock:
 
     index: int
     values: dict[str, Any]  # dotted key ("model.width", "train.lr", ...) -> value or list of values
+    search: SearchSpec | None = None  # [search] merged with this block's [model.search]; None: a plain grid
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,12 @@ class Spec:
     seeds: tuple[int, ...]
     description: str
     blocks: tuple[ModelBlock, ...]
+    final: FinalSpec | None = None
+
+    @property
+    def searched(self) -> bool:
+        """A study (search and/or final stage) rather than a plain grid: jobs are planned from the database."""
+        return self.final is not None or any(block.search is not None for block in self.blocks)
 
 
 def read_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
@@ -141,11 +150,13 @@ def parse_spec(raw: dict[str, Any], path: str, text: str = "", overrides=()) -> 
         shared.update(_parse_section(section, raw.get(section, {}), section, problems))
     shared.update(_parse_grid(raw.get("grid", {}), problems))
     blocks = _parse_blocks(raw.get("model"), shared, experiment.get("task"), problems)
+    blocks = _parse_searches(raw, blocks, experiment.get("task"), problems)
+    final = _parse_final(raw, blocks, experiment.get("task"), problems)
     if problems:
-        raise SpecError(path, problems)
+        raise SpecError(path, list(dict.fromkeys(problems)))  # a shared [search] is checked once per block
     return Spec(path=path, text=text, name=experiment["name"], task=experiment["task"],
                 seeds=tuple(experiment["seeds"]), description=experiment.get("description", ""),
-                blocks=tuple(blocks))
+                blocks=tuple(blocks), final=final)
 
 
 # ---- overrides -------------------------------------------------------------------------------------------------
@@ -192,7 +203,7 @@ def _check_top_level(raw: dict[str, Any], problems) -> None:
     for key in raw:
         if key not in TOP_LEVEL:
             problems.append((key, f"unknown section; allowed: {', '.join(TOP_LEVEL)}"))
-    for key in ("experiment", "data", "train", "augment", "eval", "grid"):
+    for key in ("experiment", "data", "train", "augment", "eval", "grid", "search", "final"):
         if key in raw and not isinstance(raw[key], dict):
             problems.append((key, f"expected a table [{key}], got {type(raw[key]).__name__}"))
             raw[key] = {}
@@ -287,7 +298,7 @@ def _parse_blocks(blocks: Any, shared: dict[str, Any], task: str | None, problem
             problems.append((where, "expected a table [[model]]"))
             continue
         values = {k: v for k, v in shared.items() if not k.startswith("grid:model.")}
-        scalars = {k: v for k, v in block.items() if k not in BLOCK_OVERRIDABLE}
+        scalars = {k: v for k, v in block.items() if k not in BLOCK_OVERRIDABLE and k != "search"}
         for dotted, swept in shared.items():
             if dotted.startswith("grid:model.") and dotted[len("grid:model."):] not in scalars:
                 scalars[dotted[len("grid:model."):]] = swept
@@ -336,6 +347,67 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
             problems.append((f"{where}.data.path", "source 'arrays' needs data.path = an .npz or .h5 file"))
         if source in ("folder", "arrays") and task == "classification":
             problems.append((f"{where}.data.source", f"{source!r} holds masks: use it with task = 'segmentation'"))
+
+
+# ---- search and final stage -----------------------------------------------------------------------------------
+
+def _parse_searches(raw: dict[str, Any], blocks: list[ModelBlock], task: str | None, problems) -> list[ModelBlock]:
+    """Attach each block's search ([search] merged with its [model.search]) after checking it against the block."""
+    shared = raw.get("search")
+    raw_blocks = raw.get("model") if isinstance(raw.get("model"), list) else []
+    out = []
+    for block in blocks:
+        own = raw_blocks[block.index].get("search") if isinstance(raw_blocks[block.index], dict) else None
+        merged = merge_search(shared, own)
+        where = "search" if own is None else f"model[{block.index}].search"
+        search = None
+        if merged is not None:
+            search = parse_search(merged, where, task, check_search_key, problems)
+        if search is not None:
+            _check_search_block(search, block, where, problems)
+        out.append(dataclasses.replace(block, search=search))
+    return out
+
+
+def check_search_key(dotted: str, value: Any, kind: str) -> str | None:
+    """A problem with one value a search distribution can produce for `dotted`; KeyError: not a spec key."""
+    section, _, name = dotted.partition(".")
+    types = field_types(section) if section in SEARCHABLE_SECTIONS else {}
+    if name not in types or dotted in LIST_VALUED:
+        keys = ", ".join(f"{s}.*" for s in SEARCHABLE_SECTIONS)
+        raise KeyError(f"{dotted!r} is not a spec key that can be searched; use a key of {keys} "
+                       "(e.g. train.lr, model.width)")
+    if kind in ("log", "uniform") and types[name] is not float:
+        return f"{dotted} takes {_type_name(types[name])}: use {{ int = [low, high] }} or a choice"
+    problem = _check_scalar(dotted, types[name], float(value) if types[name] is float else value)
+    return f"{problem} (for {dotted})" if problem else None
+
+
+def _check_search_block(search: SearchSpec, block: ModelBlock, where: str, problems) -> None:
+    for dotted, _ in search.space:
+        if isinstance(block.values.get(dotted), list):
+            problems.append((f"{where}.space.\"{dotted}\"", f"model[{block.index}] also sweeps {dotted} with a list; "
+                             "a key is either a grid axis or searched, not both"))
+    epochs = [e for e in _as_list(block.values.get("train.epochs", C.TrainSpec.epochs)) if _is_int(e)]
+    if search.prune != "none" and epochs and search.min_epochs >= min(epochs):
+        problems.append((f"{where}.min_epochs", f"got {search.min_epochs}; pruning needs min_epochs below "
+                         f"train.epochs ({min(epochs)} in model[{block.index}])"))
+
+
+def _parse_final(raw: dict[str, Any], blocks: list[ModelBlock], task: str | None, problems) -> FinalSpec | None:
+    if "final" not in raw:
+        return None
+    metrics = {b.search.metric for b in blocks if b.search is not None}
+    final = parse_final(raw["final"], task, next(iter(metrics)) if len(metrics) == 1 else None, problems)
+    searched = sorted({k for b in blocks if b.search for k, _ in b.search.space} & set(final.per if final else ()))
+    if searched:
+        problems.append(("final.per", f"{', '.join(searched)} is searched, so it cannot also name the models "
+                         "that the final stage compares; remove it from final.per or from the search space"))
+    choosable = [b for b in blocks if b.search is not None or any(isinstance(v, list) for v in b.values.values())]
+    if blocks and not choosable:
+        problems.append(("final", "nothing to select from: add a [search] or sweep a key with a list "
+                         "(e.g. train.lr = [1e-3, 3e-3]) so that [final] can pick each model's best configuration"))
+    return final
 
 
 # ---- values ----------------------------------------------------------------------------------------------------

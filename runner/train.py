@@ -37,6 +37,10 @@ class Interrupted(Exception):
     """The worker asked the job to stop (Ctrl-C, SIGTERM); a checkpoint was written first."""
 
 
+class Pruned(Exception):
+    """The search stopped this job at a rung (the message says why); its checkpoint is kept."""
+
+
 @dataclass
 class Hooks:
     record_epochs: Callable[[list[tuple[int, dict[str, float]]]], None] = lambda history: None
@@ -44,6 +48,8 @@ class Hooks:
     should_stop: Callable[[], bool] = lambda: False
     progress: Callable[[dict[str, Any]], None] = lambda info: None
     on_model: Callable[[int], None] = lambda params: None
+    # After each recorded epoch (epochs completed): a reason to stop (pruning), or None to go on.
+    after_epoch: Callable[[int], str | None] = lambda epochs: None
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
     if state is not None:
         progress, best_state = restore(state, model, optimizer, scheduler, scaler, augment_rng)
         hooks.record_epochs(progress.history)
+        if progress.batch == 0:  # stopped right after an epoch: its pruning decision may not have been taken
+            check_pruned(config, progress, hooks)
     augmenter = Augmenter(config.augment)
     last_save = time.monotonic()
     while progress.epoch < config.train.epochs and not early_stopped(config, progress):
@@ -122,9 +130,17 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
         last_save = time.monotonic()
         hooks.record_epochs(progress.history[-1:])
         hooks.heartbeat()
+        check_pruned(config, progress, hooks)
     if best_state is not None:
         model.load_state_dict(best_state)
     return finish(config, model, splits, device, progress, params)
+
+
+def check_pruned(config: JobConfig, progress: Progress, hooks: Hooks) -> None:
+    if 0 < progress.epoch < config.train.epochs:  # after the last epoch there is nothing left to save
+        reason = hooks.after_epoch(progress.epoch)
+        if reason:
+            raise Pruned(reason)
 
 
 # ---- building --------------------------------------------------------------------------------------------------
@@ -247,6 +263,8 @@ def validate(config, model, split, device) -> dict[str, float]:
     names = ("accuracy", "auc") if config.task == "classification" else ("dice", "iou")
     out = {f"valid_{k}": metrics[k] for k in names}
     out["valid_loss"] = metrics["nll"] if config.task == "classification" else 1.0 - metrics["dice"]
+    if config.task == "classification":
+        out["valid_nll"] = metrics["nll"]  # by its own name too: a search may minimise it
     return out
 
 

@@ -1,0 +1,307 @@
+"""[search] and [final] tables -> frozen SearchSpec / FinalSpec, with every problem collected at once.
+
+`runner.spec` calls `parse_search` for the experiment-wide [search] and for each `[model.search]` override, and
+`parse_final` for [final]. Nothing here knows Optuna: the sampler and pruner are built from these in runner.search.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "asha", "median")
+DISTRIBUTIONS = ("log", "uniform", "int", "choice")
+SEARCH_KEYS = ("sampler", "trials", "seed", "prune", "min_epochs", "reduction_factor", "metric", "startup_trials",
+               "space")
+FINAL_KEYS = ("seeds", "epochs", "select", "per")
+# The validation metrics a job records each epoch, and which way is better.
+METRIC_DIRECTIONS = {"valid_auc": "maximize", "valid_accuracy": "maximize", "valid_nll": "minimize",
+                     "valid_loss": "minimize", "valid_dice": "maximize", "valid_iou": "maximize"}
+TASK_METRICS = {"classification": ("valid_auc", "valid_accuracy", "valid_nll", "valid_loss"),
+                "segmentation": ("valid_dice", "valid_iou", "valid_loss")}
+DEFAULT_METRIC = {"classification": "valid_auc", "segmentation": "valid_dice"}
+# Config keys that name the model (what a search compares) or do not change results: never searched.
+NOT_SEARCHABLE = {"model.family", "model.group", "data.source", "data.root", "data.path", "data.in_memory",
+                  "train.checkpoint_minutes"}
+PER_KEYS_SHORT = {"family": "model.family", "group": "model.group"}
+DEFAULT_PER = ("family", "group", "augment.geometric")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched axis: log-uniform, uniform, integer (with step) or a choice among values."""
+
+    kind: str  # log | uniform | int | choice
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def grid_values(self) -> tuple[Any, ...] | None:
+        """The finite values a grid sampler walks; None for continuous distributions."""
+        if self.kind == "choice":
+            return self.choices
+        if self.kind == "int":
+            return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        return None
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "{" + ", ".join(map(str, self.choices)) + "}"
+        step = f" step {self.step:g}" if self.step else ""
+        return f"{self.kind}[{self.low:g}, {self.high:g}]{step}"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    sampler: str = "tpe"  # grid | random | tpe
+    trials: int = 10  # per model block and per combination of its plain-list axes; grid: the grid's size
+    seed: int = 0
+    prune: str = "none"  # none | asha | median
+    min_epochs: int = 1  # the first rung (asha) or the warm-up (median)
+    reduction_factor: int = 3  # asha: keep the top 1/reduction_factor at each rung
+    metric: str = "valid_auc"  # the validation metric compared (the parser sets the task default: valid_auc, valid_dice)
+    startup_trials: int = 5  # tpe: random trials before the model; median: done trials before pruning starts
+    space: tuple[tuple[str, Distribution], ...] = ()
+
+    @property
+    def direction(self) -> str:
+        return METRIC_DIRECTIONS[self.metric]
+
+    def grid_size(self) -> int:
+        return math.prod(len(d.grid_values() or ()) for _, d in self.space)
+
+
+@dataclass(frozen=True)
+class FinalSpec:
+    seeds: tuple[int, ...]
+    epochs: int = 0  # 0: the search's train.epochs
+    select: str = "valid_auc"  # validation metric that picks each model's best configuration
+    per: tuple[str, ...] = ("model.family", "model.group", "augment.geometric")  # what makes one "model"
+
+    @property
+    def direction(self) -> str:
+        return METRIC_DIRECTIONS[self.select]
+
+
+Problems = list[tuple[str, str]]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+# ---- [search] --------------------------------------------------------------------------------------------------
+
+def merge_search(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A [model.search] table overrides the experiment's keys; its space adds to (or replaces keys of) the shared one."""
+    if base is None and override is None:
+        return None
+    merged = {**(base or {}), **(override or {})}
+    if isinstance((base or {}).get("space"), dict) and isinstance((override or {}).get("space"), dict):
+        merged["space"] = {**base["space"], **override["space"]}
+    return merged
+
+
+def parse_search(table: Any, where: str, task: str | None, check_key, problems: Problems) -> SearchSpec | None:
+    """Validate one (merged) search table. `check_key(dotted, value)` returns a problem for a value a spec key cannot
+    take, or raises KeyError for a key that is not a spec key."""
+    if not isinstance(table, dict):
+        problems.append((where, f"expected a table [{where}]"))
+        return None
+    before = len(problems)
+    for key in table:
+        if key not in SEARCH_KEYS:
+            problems.append((f"{where}.{key}", f"unknown key; allowed in [search]: {', '.join(SEARCH_KEYS)}"))
+    values = {
+        "sampler": _choice(table, "sampler", SAMPLERS, "tpe", where, problems),
+        "seed": _integer(table, "seed", 0, 0, where, problems),
+        "prune": _choice(table, "prune", PRUNERS, "none", where, problems),
+        "min_epochs": _integer(table, "min_epochs", 1, 1, where, problems),
+        "reduction_factor": _integer(table, "reduction_factor", 3, 2, where, problems),
+        "startup_trials": _integer(table, "startup_trials", 5, 0, where, problems),
+        "metric": _metric(table.get("metric", DEFAULT_METRIC.get(task or "", "valid_auc")), task, f"{where}.metric",
+                          problems),
+    }
+    space = _parse_space(table.get("space"), f"{where}.space", check_key, problems)
+    trials = _trials(table, values["sampler"], space, where, problems)
+    if len(problems) > before:
+        return None
+    return SearchSpec(trials=trials, space=tuple(sorted(space.items())), **values)
+
+
+def _choice(table, key, allowed, default, where, problems) -> str:
+    value = table.get(key, default)
+    if value not in allowed:
+        problems.append((f"{where}.{key}", f"got {value!r}; allowed: {', '.join(allowed)}"))
+        return default
+    return value
+
+
+def _integer(table, key, default, low, where, problems) -> int:
+    value = table.get(key, default)
+    if not _is_int(value) or value < low:
+        problems.append((f"{where}.{key}", f"expected an integer >= {low}, got {value!r}"))
+        return default
+    return value
+
+
+def _metric(value: Any, task: str | None, where: str, problems: Problems) -> str:
+    allowed = TASK_METRICS.get(task or "", tuple(METRIC_DIRECTIONS))
+    if value not in allowed:
+        problems.append((where, f"got {value!r}; a {task or 'this'} experiment records: {', '.join(allowed)}"))
+        return allowed[0]
+    return value
+
+
+def _trials(table, sampler: str, space: dict[str, Distribution], where: str, problems: Problems) -> int:
+    if sampler == "grid":
+        continuous = [k for k, d in space.items() if d.grid_values() is None]
+        if continuous:
+            problems.append((f"{where}.sampler", f"the grid sampler needs finite axes ('choice' or 'int'); "
+                             f"{', '.join(continuous)} {'is' if len(continuous) == 1 else 'are'} continuous: "
+                             "use sampler = 'tpe' or 'random', or a choice"))
+            return 1
+        size = math.prod(len(d.grid_values()) for d in space.values()) if space else 1
+        trials = table.get("trials", size)
+        if _is_int(trials) and trials > size:
+            problems.append((f"{where}.trials", f"got {trials}; the grid has only {size} points"))
+    else:
+        trials = table.get("trials", 10)
+    if not _is_int(trials) or trials < 1:
+        problems.append((f"{where}.trials", f"expected an integer >= 1, got {trials!r}"))
+        return 1
+    return trials
+
+
+def _parse_space(space: Any, where: str, check_key, problems: Problems) -> dict[str, Distribution]:
+    if space is None or space == {}:
+        problems.append((where, 'a search needs at least one axis, e.g. [search.space] "train.lr" = '
+                         "{ log = [1e-4, 1e-2] }"))
+        return {}
+    if not isinstance(space, dict):
+        problems.append((where, "expected a table of dotted keys to distributions"))
+        return {}
+    out = {}
+    for dotted, raw in space.items():
+        distribution = _parse_distribution(dotted, raw, f'{where}."{dotted}"', check_key, problems)
+        if distribution is not None:
+            out[dotted] = distribution
+    return out
+
+
+def _parse_distribution(dotted: str, raw: Any, where: str, check_key, problems: Problems) -> Distribution | None:
+    if dotted in NOT_SEARCHABLE:
+        problems.append((where, f"{dotted} cannot be searched: model.family and model.group name the models being "
+                         "compared (sweep them with a list), the others do not change results"))
+        return None
+    kinds = [k for k in DISTRIBUTIONS if isinstance(raw, dict) and k in raw]
+    extra = [k for k in raw if k not in DISTRIBUTIONS and k != "step"] if isinstance(raw, dict) else []
+    if len(kinds) != 1 or extra:
+        problems.append((where, f"expected one distribution: {{ log = [low, high] }}, {{ uniform = [low, high] }}, "
+                         f"{{ int = [low, high], step = 1 }} or {{ choice = [...] }}; got {raw!r} "
+                         f"(allowed distributions: {', '.join(DISTRIBUTIONS)})"))
+        return None
+    kind, value = kinds[0], raw[kinds[0]]
+    if kind == "choice":
+        distribution = _choice_distribution(value, raw, where, problems)
+    else:
+        distribution = _range_distribution(kind, value, raw.get("step"), where, problems)
+    if distribution is None:
+        return None
+    return distribution if _fits_key(dotted, distribution, where, check_key, problems) else None
+
+
+def _choice_distribution(value, raw, where, problems) -> Distribution | None:
+    if "step" in raw:
+        problems.append((where, "step applies to int and uniform distributions, not choice"))
+        return None
+    if not isinstance(value, list) or not value:
+        problems.append((where, f"choice needs a non-empty list of values, got {value!r}"))
+        return None
+    if len({repr(v) for v in value}) != len(value):
+        problems.append((where, f"choice repeats a value: {value!r}"))
+        return None
+    return Distribution("choice", choices=tuple(value))
+
+
+def _range_distribution(kind, value, step, where, problems) -> Distribution | None:
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+        problems.append((where, f"{kind} needs [low, high] with two numbers, got {value!r}"))
+        return None
+    low, high = value
+    if low >= high:
+        problems.append((where, f"low must be below high, got {kind} = [{low}, {high}]"))
+        return None
+    if kind == "log" and low <= 0:
+        problems.append((where, f"log bounds must be > 0, got [{low}, {high}]"))
+        return None
+    if kind == "int" and not (_is_int(low) and _is_int(high)):
+        problems.append((where, f"int bounds must be integers, got [{low}, {high}]"))
+        return None
+    if step is not None and (kind == "log" or not _is_number(step) or step <= 0 or (kind == "int" and not _is_int(step))):
+        problems.append((where, f"step must be a positive {'integer' if kind == 'int' else 'number'} and applies to "
+                         f"int and uniform only; got step = {step!r} for {kind}"))
+        return None
+    return Distribution(kind, low=low, high=high, step=step)
+
+
+def _fits_key(dotted: str, distribution: Distribution, where: str, check_key, problems: Problems) -> bool:
+    """Every value the distribution can produce must be a valid value of the spec key (type, bounds, choices)."""
+    probes = distribution.choices if distribution.kind == "choice" else (distribution.low, distribution.high)
+    for value in probes:
+        try:
+            problem = check_key(dotted, value, distribution.kind)
+        except KeyError as exc:
+            problems.append((where, str(exc.args[0])))
+            return False
+        if problem:
+            problems.append((where, problem))
+            return False
+    return True
+
+
+# ---- [final] ---------------------------------------------------------------------------------------------------
+
+def parse_final(table: Any, task: str | None, search_metric: str | None, problems: Problems) -> FinalSpec | None:
+    if not isinstance(table, dict):
+        problems.append(("final", "expected a table [final]"))
+        return None
+    before = len(problems)
+    for key in table:
+        if key not in FINAL_KEYS:
+            problems.append((f"final.{key}", f"unknown key; allowed in [final]: {', '.join(FINAL_KEYS)}"))
+    seeds = table.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(_is_int(s) and s >= 0 for s in seeds)) or \
+            len(set(seeds)) != len(seeds):
+        problems.append(("final.seeds", f"expected a non-empty list of distinct integers >= 0 (e.g. [0, 1, 2, 3, 4]), "
+                         f"got {seeds!r}"))
+    epochs = _integer(table, "epochs", 0, 1, "final", problems) if "epochs" in table else 0
+    default = search_metric or DEFAULT_METRIC.get(task or "", "valid_auc")
+    select = _metric(table.get("select", default), task, "final.select", problems)
+    per = _parse_per(table.get("per", list(DEFAULT_PER)), problems)
+    if len(problems) > before:
+        return None
+    return FinalSpec(seeds=tuple(seeds), epochs=epochs, select=select, per=per)
+
+
+def _parse_per(per: Any, problems: Problems) -> tuple[str, ...]:
+    from runner.spec import SECTIONS, field_types  # runner.spec imports this module
+
+    known = {f"{s}.{f}" for s in SECTIONS if s != "eval" for f in field_types(s)}
+    if not (isinstance(per, list) and per and all(isinstance(p, str) for p in per)):
+        problems.append(("final.per", f"expected a non-empty list of keys, e.g. {list(DEFAULT_PER)}; got {per!r}"))
+        return ()
+    out = []
+    for item in per:
+        dotted = PER_KEYS_SHORT.get(item, item)
+        if dotted not in known:
+            problems.append(("final.per", f"unknown key {item!r}; allowed: family, group or a spec key such as "
+                             "augment.geometric, data.fraction, model.width"))
+        out.append(dotted)
+    return tuple(out)
