@@ -453,8 +453,8 @@ class Database:
                 s.add(row)
                 s.flush()
                 keys = [key for key, _, _ in trial.jobs]
-                known = dict(s.execute(select(JobModel.key, JobModel.job_id).where(
-                    JobModel.experiment_id == experiment_id, JobModel.key.in_(keys))).tuples().all())
+                known = {key: job_id for key, job_id in s.execute(select(JobModel.key, JobModel.job_id).where(
+                    JobModel.experiment_id == experiment_id, JobModel.key.in_(keys)))}
                 for key, label, config in trial.jobs:
                     if key not in known:
                         job = _new_job(experiment_id, key, label, config)
@@ -471,21 +471,22 @@ class Database:
         with self.session() as s:
             in_experiment = JobModel.experiment_id == experiment_id
             jobs = s.execute(select(JobModel.job_id, JobModel.key, JobModel.status, JobModel.config_json)
-                             .where(in_experiment).order_by(JobModel.job_id)).tuples().all()
+                             .where(in_experiment).order_by(JobModel.job_id)).all()
             trials = s.execute(select(TrialModel.trial_id, TrialModel.stream, TrialModel.role, TrialModel.number,
                                       TrialModel.params_json, TrialModel.system_attrs_json)
                                .where(TrialModel.experiment_id == experiment_id)
-                               .order_by(TrialModel.trial_id)).tuples().all()
+                               .order_by(TrialModel.trial_id)).all()
             links = s.execute(select(TrialJobModel.trial_id, TrialJobModel.job_id).join(TrialModel)
-                              .where(TrialModel.experiment_id == experiment_id)).tuples().all()
+                              .where(TrialModel.experiment_id == experiment_id)).all()
             epochs = s.execute(select(EpochMetricModel.job_id, EpochMetricModel.epoch, EpochMetricModel.name,
                                       EpochMetricModel.value).join(JobModel)
-                               .where(in_experiment, EpochMetricModel.name.in_(metrics))).tuples().all()
+                               .where(in_experiment, EpochMetricModel.name.in_(metrics))).all()
             rungs = s.execute(select(RungModel.job_id, RungModel.rung, RungModel.epoch, RungModel.value,
                                      RungModel.promoted).join(JobModel).where(in_experiment)
-                              .order_by(RungModel.job_id, RungModel.rung)).tuples().all()
-        return StudySnapshot(jobs=tuple(jobs), trials=tuple(trials), links=tuple(links), epochs=tuple(epochs),
-                             rungs=tuple(rungs))
+                              .order_by(RungModel.job_id, RungModel.rung)).all()
+        rows = (jobs, trials, links, epochs, rungs)
+        jobs, trials, links, epochs, rungs = (tuple(tuple(row) for row in part) for part in rows)
+        return StudySnapshot(jobs=jobs, trials=trials, links=links, epochs=epochs, rungs=rungs)
 
     def record_rungs(self, job_id: int, metric: str, rungs: list[tuple[int, int, float, float | None, int, bool]]) -> None:
         """Store pruning decisions (rung, epoch, value, cut, competitors, promoted); a rung already decided stays."""
