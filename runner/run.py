@@ -100,11 +100,20 @@ def study_table(spec: Spec) -> Table:
 def check_sources(request: RunRequest) -> None:
     """Every distinct data source of the spec, checked before anything is written (DataError on a problem)."""
     seen = set()
-    for job in request.jobs:
-        data = job.config.data
+    for data in [job.config.data for job in request.jobs] + study_sources(request.spec):
         if data not in seen:
             seen.add(data)
             check_source(request.spec.task, data)
+
+
+def study_sources(spec: Spec) -> list:
+    """The data of each search stream (searched data keys at the spec's values; their bounds are checked already)."""
+    if not spec.searched:
+        return []
+    from runner.grid import config_from_dict
+    from runner.search.streams import streams, trial_jobs
+
+    return [config_from_dict(trial_jobs(spec, s, 0, {})[0][2]).data for s in streams(spec)]
 
 
 def requeue(db: Database, experiment_id: int, keys: list[str], request: RunRequest) -> None:

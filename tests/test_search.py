@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -225,4 +224,14 @@ def test_block_search_overrides_and_exit_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.toml" in err and "search.trials" in err and 'search.space."train.lr"' in err
     assert not (tmp_path / "runs").exists()
-    assert not math.isnan(0.0)
+
+
+
+def test_study_data_sources_are_checked_before_anything_is_written(tmp_path, capsys):
+    from runner import cli
+
+    spec = tmp_path / "pcam.toml"
+    spec.write_text(f'[experiment]\nname = "p"\n[data]\nsource = "pcam"\nroot = "{tmp_path / "absent"}"\n'
+                    '[search]\n[search.space]\n"train.lr" = { log = [1e-4, 1e-2] }\n[[model]]\nfamily = "cnn"\n')
+    assert cli.main([str(spec), "--root", str(tmp_path / "runs")]) == 2
+    assert "absent" in capsys.readouterr().err and not (tmp_path / "runs").exists()
