@@ -143,6 +143,9 @@ def cmd_show(args) -> int:
                                             for m in final))
     if epochs:
         console.print(_epoch_table(epochs))
+    rungs = db.rungs_of(job.job_id)
+    if rungs:
+        console.print(_rung_table(rungs))
     if job.error:
         console.print(f"error: {job.error}\n{job.traceback or ''}")
     return EXIT_OK
@@ -156,6 +159,14 @@ def _epoch_table(epochs) -> Table:
         by_epoch.setdefault(m.epoch, {})[m.name] = m.value
     for epoch, values in sorted(by_epoch.items()):
         table.add_row(str(epoch + 1), *(_cell(values.get(n)) for n in names))
+    return table
+
+
+def _rung_table(rungs) -> Table:
+    table = Table("rung", "epoch", "metric", "value", "cut", "competitors", "decision", title="pruning decisions")
+    for r in rungs:
+        table.add_row(str(r.rung), str(r.epoch), r.metric, _cell(r.value), _cell(r.cut), str(r.competitors),
+                      "promoted" if r.promoted else "pruned")
     return table
 
 

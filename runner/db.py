@@ -526,6 +526,10 @@ class Database:
                                 "(python -m runner status lists them)")
         return rows[0]
 
+    def rungs_of(self, job_id: int) -> list[RungModel]:
+        with self.session() as s:
+            return list(s.scalars(select(RungModel).where(RungModel.job_id == job_id).order_by(RungModel.rung)))
+
     def metrics_of(self, job_id: int) -> tuple[list[EpochMetricModel], list[FinalMetricModel]]:
         with self.session() as s:
             epochs = list(s.scalars(select(EpochMetricModel).where(EpochMetricModel.job_id == job_id)
