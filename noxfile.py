@@ -71,3 +71,11 @@ def postgres(session: nox.Session) -> None:
         silent=True,
     )
     session.run("pytest", "-q", "-ra", "tests/test_db_postgres.py", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The prepared GPU check (< 8 min on one GPU): CUDA end to end with AMP, invariance under AMP, img/s per family,
+    jobs packed on a GPU. Writes runs/gpu/gpu_check.{json,md}; `nox -s gpu -- --cpu-smoke` tries it on the CPU."""
+    install(session)
+    session.run("python", "tests/gpu/gpu_check.py", "--out", "runs/gpu", *session.posargs)

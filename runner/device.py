@@ -30,8 +30,14 @@ def describe(device: torch.device) -> str:
     return device.type
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a job's peak from here: a worker runs several jobs, and each job reports its own peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: the GPU allocator's peak on CUDA, else the resident set's peak."""
+    """Peak memory: the GPU allocator's peak since `reset_peak_memory` on CUDA, else the process's resident peak."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:

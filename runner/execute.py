@@ -20,7 +20,7 @@ from pathlib import Path
 
 from runner import checkpoint, train
 from runner.db import Database
-from runner.device import describe, pick_device
+from runner.device import describe, peak_memory_mb, pick_device
 from runner.display import make_display
 from runner.grid import config_from_dict
 from runner.provenance import collect
@@ -72,6 +72,7 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
     device = pick_device(options.worker_index, options.device)
     counts: dict[str, int] = {}
     keys = list(options.keys)
+    peak = 0.0  # each job's peak starts at its own start; the worker's is the largest
     while not stop.is_set():
         db.reclaim_stale(options.experiment_id, options.stale_after)
         job = db.claim(options.experiment_id, keys, name)
@@ -82,8 +83,13 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
             continue
         status = run_one(db, job, name, device, options, stop, display)
         counts[status] = counts.get(status, 0) + 1
+        peak = max(peak, peak_memory_mb(device))
     if stop.is_set():
         counts["stopped"] = 1  # asked to stop: jobs may be left queued
+    if display and counts:
+        # Workers may share a GPU (--workers above the GPU count): what each needed says how many fit.
+        display.console.print(f"worker {options.worker_index} on {describe(device)}: {sum(counts.values())} jobs, "
+                              f"peak memory {peak:.0f} MiB")
     return counts
 
 

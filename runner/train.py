@@ -26,7 +26,7 @@ from runner import checkpoint
 from runner.config import JobConfig
 from runner.data import iterate_batches, load_splits
 from runner.data.augment import Augmenter
-from runner.device import peak_memory_mb
+from runner.device import peak_memory_mb, reset_peak_memory
 from runner.metrics import classification_metrics, dice_bce_loss, segmentation_metrics
 
 INVARIANCE_SAMPLES = 8
@@ -78,6 +78,7 @@ class Progress:
 
 def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device, hooks: Hooks) -> JobResult:
     seed_everything(config.seed)
+    reset_peak_memory(device)
     splits = load_splits(config.task, config.data, data_dir)
     hooks.heartbeat()
     model = build(config).to(device)
