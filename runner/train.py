@@ -314,7 +314,8 @@ def finish(config, model, splits, device, progress: Progress, params: int) -> Jo
 def export_or_self(model: torch.nn.Module) -> torch.nn.Module:
     """The plain-torch export for fast evaluation (same outputs); the model itself when it cannot be exported."""
     try:
-        return equiv.export_eval(model).eval()
+        # escnn's export builds some modules (batch norm) on the CPU: move them to the model's device.
+        return equiv.export_eval(model).to(next(model.parameters()).device).eval()
     except NotImplementedError:
         return model
 
