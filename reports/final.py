@@ -66,7 +66,8 @@ def _model_row(stream: str, part: pd.DataFrame, task: str) -> dict:
                                                     *COST_METRICS, VALIDATION_METRIC[task]])))
     first = part.iloc[0]
     row = {"stream": stream, **{key: first[key] for key in ROW_KEYS}, "config_key": first["config_key"],
-           "n_seeds": part["seed"].nunique(), "seeds": tuple(sorted(part["seed"].astype(int))),
+           "n_seeds": part["seed"].nunique(),
+           "seeds": " ".join(map(str, sorted(part["seed"].astype(int)))),
            "params": part["params"].astype(float).mean(),
            f"{VALIDATION_METRIC[task]}_mean": part[VALIDATION_METRIC[task]].mean()}
     for metric in TEST_METRICS[task]:

@@ -169,6 +169,7 @@ def load(source: Source, experiment: str | None = None) -> pd.DataFrame:
     jobs["params"] = pd.to_numeric(jobs["params"], errors="coerce").astype("Int64")  # NULL until a job has run
     jobs = jobs.join(_roles(load_trials(engine, experiment)), on="job_id")
     jobs["role"] = jobs["role"].fillna("search")
+    jobs["stream"] = jobs["stream"].astype(object).where(jobs["stream"].notna(), None)
     config = _flatten_configs(jobs.pop("config_json"))
     jobs["config_key"] = _config_keys(config)
     finals = _read(engine, select(FinalMetricModel.job_id, FinalMetricModel.name, FinalMetricModel.value)

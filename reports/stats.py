@@ -64,6 +64,9 @@ def summarize(values: np.ndarray | list[float], confidence: float = CONFIDENCE) 
     mean = float(np.mean(sample))
     if n == 1:
         return Summary(1, mean, math.nan, math.nan, math.nan)
+    if np.ptp(sample) == 0:  # exactly, where summing would leave a rounding residue in the mean and std
+        value = float(sample[0])
+        return Summary(n, value, 0.0, value, value)
     std = float(np.std(sample, ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)

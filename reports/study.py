@@ -73,7 +73,7 @@ def trial_results(trials: pd.DataFrame, jobs: pd.DataFrame, epochs: pd.DataFrame
         rows.append({"stream": stream, "number": int(number), "state": _state(status.reindex(ids)),
                      "metric": metric, "value": _trial_value(epochs, ids, metric),
                      "n_jobs": len(ids), "pruned_epoch": _pruned_epoch(epochs, status, ids),
-                     "name": _model_name(jobs, ids[0]), **part["params"].iloc[0]})
+                     "name": model_name(jobs, ids[0]), **part["params"].iloc[0]})
     frame = pd.DataFrame(rows)
     return frame.sort_values(["stream", "number"], kind="mergesort").reset_index(drop=True)
 
@@ -99,7 +99,8 @@ def _pruned_epoch(epochs: pd.DataFrame, status: pd.Series, job_ids: list[int]) -
     return float(ran.groupby("job_id")["epoch"].max().max() + 1) if not ran.empty else math.nan
 
 
-def _model_name(jobs: pd.DataFrame, job_id: int) -> str:
+def model_name(jobs: pd.DataFrame, job_id: int) -> str:
+    """'gcnn D4', 'cnn +d4': the short name of the model a job trains."""
     row = jobs.set_index("job_id").loc[job_id]
     return display_name(row["family"], row["group"], row.get("augment.geometric", "none"))
 

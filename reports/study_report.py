@@ -69,7 +69,8 @@ def _notes(trials: pd.DataFrame, jobs: pd.DataFrame, results: pd.DataFrame) -> t
     for stream, part in trials[trials["role"] == "final"].groupby("stream", sort=False):
         done = int((status.reindex(part["job_id"]) == "done").sum())
         if done < len(part):
-            notes.append(f"{stream}: {done} of {len(part)} final seeds done; its statistics use the done ones.")
+            name = study.model_name(jobs, int(part["job_id"].iloc[0]))
+            notes.append(f"Final evaluation of {name}: {done} of {len(part)} seeds done; its statistics use those.")
     return tuple(notes)
 
 
