@@ -83,14 +83,7 @@ def _render_experiment(engine: Source, name: str, task: str, out_dir: Path, writ
     folder = out_dir / _slug(name)
     selected = tables.select_models(jobs, task)
     study = study_report.view(engine, name, task, jobs)  # None for a plain grid
-    if study is not None and not study.final.empty:  # a study's headline is its final evaluation
-        table, formatted, caption = study.final, study.formatted, study_report.FINAL_CAPTION
-        latex_caption = f"{name}: {caption}"
-    else:
-        table = tables.comparison_table(selected, task)
-        formatted = tables.format_table(table, task) if not table.empty else pd.DataFrame()
-        caption = html.TABLE_CAPTION
-        latex_caption = f"{name}: best configuration per model on validation; test metrics mean ± std over seeds"
+    table, formatted, caption, latex_caption = _headline(name, task, selected, study)
     files = {"table.md": tables.to_markdown(formatted), "table.csv": tables.to_csv(table),
              "table.tex": tables.to_latex(formatted, latex_caption, f"tab:{_slug(name)}")}
     if study is not None:
@@ -104,6 +97,18 @@ def _render_experiment(engine: Source, name: str, task: str, out_dir: Path, writ
                         table=formatted, figures=drawn, skipped=skipped,
                         links=tuple((f, f"{folder.name}/{f}") for f in files), caption=caption,
                         findings=study.findings if study is not None else (), extras=extras)
+
+
+def _headline(name: str, task: str, selected: pd.DataFrame,
+              study: study_report.StudyView | None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+    """(numeric table, display table, caption, LaTeX caption): a study's final evaluation once it has a done job,
+    else the best configuration per model on validation."""
+    if study is not None and not study.final.empty:
+        return study.final, study.formatted, study_report.FINAL_CAPTION, f"{name}: {study_report.FINAL_CAPTION}"
+    table = tables.comparison_table(selected, task)
+    formatted = tables.format_table(table, task) if not table.empty else pd.DataFrame()
+    latex = f"{name}: best configuration per model on validation; test metrics mean ± std over seeds"
+    return table, formatted, html.TABLE_CAPTION, latex
 
 
 Drawn = tuple[tuple[html.Figure, ...], tuple[tuple[str, str], ...]]  # (figures, (name, reason skipped))

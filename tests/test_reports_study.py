@@ -217,3 +217,19 @@ def test_render_draws_the_study_figures_and_shows_the_findings(rendered):
     assert "Search: 3 of 9 trials pruned (cnn 1, gcnn D4 1, gcnn C4 1); see the search table." in report.summary
     assert "Final evaluation of gcnn C4: 5 of 6 seeds done; its statistics use those." in report.summary
     assert (out / NAME / "search.csv").read_text().startswith("Stream,Model,Metric,Trials,Complete,Pruned")
+
+
+def test_segmentation_final_table_compares_dice_with_the_plain_unet():
+    rows = [("unet", "trivial", seed, dice) for seed, dice in enumerate((0.70, 0.72, 0.71))]
+    rows += [("gunet", "D4", seed, dice) for seed, dice in enumerate((0.74, 0.75, 0.76))]
+    jobs = pd.DataFrame(rows, columns=["family", "group", "seed", "test_dice"]).assign(
+        job_id=range(1, 7), status="done", params=500, role="final", **{"augment.geometric": "none"},
+        config_key=["u"] * 3 + ["g"] * 3)
+    trials = pd.DataFrame({"stream": ["final unet"] * 3 + ["final gunet D4"] * 3, "role": "final",
+                           "job_id": range(1, 7)})
+    table = final.final_table(jobs, trials, "segmentation", [])
+    assert table["name"].tolist() == ["unet", "gunet D4"] and table["baseline"].tolist() == ["unet", "unet"]
+    assert table.at[1, "delta_test_dice"] == pytest.approx(0.04)
+    (words,) = final.findings(table, "segmentation")
+    assert words.startswith("gunet D4: +0.040 Dice vs unet, 95 % CI [") and "over 3 paired seeds" in words
+    assert "Δ Dice vs unet (95 % CI)" in final.format_final(table, "segmentation").columns
