@@ -25,7 +25,9 @@ def forest(table: pd.DataFrame, task: str) -> Figure:
     """Each model's paired difference to the baseline with its 95 % bootstrap interval; the zero line is 'no gain'."""
     headline = HEADLINE_METRIC[task]
     delta = f"delta_{headline}"
-    if table.empty or table["baseline"].isna().all():
+    if table.empty or "baseline" not in table.columns:
+        raise Skipped("no final evaluation job is done yet")
+    if table["baseline"].isna().all():
         raise Skipped("no plain baseline model among the final models")
     rows = table[(table["name"] != table["baseline"]) & table[delta].notna()]
     if rows.empty:

@@ -98,8 +98,8 @@ def _run(db: Database, experiment_id: int, key: str, curve: tuple[float, ...], s
     db.finish(job.job_id, WORKER, final, rotation=[], artifacts={}, params=1000)
 
 
-def build_study_db(path: Path) -> Path:
-    """The study database at `path` (SQLite); returns `path`."""
+def build_study_db(path: Path, with_final: bool = True) -> Path:
+    """The study database at `path` (SQLite), without its final stage if not `with_final`; returns `path`."""
     db = Database(f"sqlite:///{path}")
     experiment_id, _ = db.sync_experiment(NAME, "classification", "specs/study.toml", SPEC_TOML, [])
     for index, model in enumerate(MODELS):
@@ -110,7 +110,7 @@ def build_study_db(path: Path) -> Path:
                                                  {}, (_job(config, f"{model} #{number} s0"),)))
             final = _finals(TEST_AUC[model][0], curve[-1]) if number == BEST_TRIAL[model] else _finals(0.7, curve[-1])
             _run(db, experiment_id, job_key(config), curve, status, final)
-    for model in MODELS:
+    for model in MODELS if with_final else ():
         _final_stage(db, experiment_id, model)
     db.engine.dispose()
     return path

@@ -233,3 +233,12 @@ def test_segmentation_final_table_compares_dice_with_the_plain_unet():
     (words,) = final.findings(table, "segmentation")
     assert words.startswith("gunet D4: +0.040 Dice vs unet, 95 % CI [") and "over 3 paired seeds" in words
     assert "Δ Dice vs unet (95 % CI)" in final.format_final(table, "segmentation").columns
+
+
+def test_a_study_before_its_final_stage_reports_the_search(tmp_path):
+    db = build_study_db(tmp_path / "results.db", with_final=False)
+    report = reports.render(db, tmp_path / "out")
+    assert "Δ AUC vs CNN" in (tmp_path / "out" / NAME / "table.md").read_text()  # the validation-selection table
+    assert (tmp_path / "out" / NAME / "search_history.png").is_file()
+    assert f"{NAME}/forest: no final evaluation job is done yet" in report.skipped
+    assert (reports.load(db)["role"] == "search").all()
