@@ -36,8 +36,8 @@ def forest(table: pd.DataFrame, task: str) -> Figure:
     y = np.arange(len(rows))[::-1]
     low = (rows[delta] - rows["delta_ci_low"]).fillna(0).clip(lower=0)
     high = (rows["delta_ci_high"] - rows[delta]).fillna(0).clip(lower=0)
-    colors = ["C2" if lo > 0 else "C3" if hi < 0 else "0.35" for lo, hi in zip(rows["delta_ci_low"],
-                                                                               rows["delta_ci_high"])]
+    colors = [_evidence_color(lo, hi, p) for lo, hi, p in zip(rows["delta_ci_low"], rows["delta_ci_high"],
+                                                               rows["p_value"])]
     for yi, (_, row), lo, hi, color in zip(y, rows.iterrows(), low, high, colors):
         ax.errorbar(row[delta], yi, xerr=[[lo], [hi]], fmt="o", color=color, capsize=4, markersize=6)
         ax.annotate(_pairs_label(row), (row[delta], yi), textcoords="offset points", xytext=(0, 7), fontsize=7,
@@ -49,6 +49,14 @@ def forest(table: pd.DataFrame, task: str) -> Figure:
            title="Final evaluation: difference to the plain model, 95 % bootstrap CI")
     ax.grid(alpha=0.3, axis="x")
     return figure
+
+
+def _evidence_color(low: float, high: float, p: float) -> str:
+    """Green above zero, red below, grey otherwise; as in the sentences, an interval that excludes zero while the
+    t-test does not (few seeds) counts as weak evidence: grey."""
+    if not p < 0.05:  # also NaN: one pair, or equal differences
+        return "0.35"
+    return "C2" if low > 0 else "C3" if high < 0 else "0.35"
 
 
 def _pairs_label(row: pd.Series) -> str:

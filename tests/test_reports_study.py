@@ -242,3 +242,12 @@ def test_a_study_before_its_final_stage_reports_the_search(tmp_path):
     assert (tmp_path / "out" / NAME / "search_history.png").is_file()
     assert f"{NAME}/forest: no final evaluation job is done yet" in report.skipped
     assert (reports.load(db)["role"] == "search").all()
+
+
+def test_forest_plot_greys_out_intervals_that_include_zero(table):
+    figure = study_figures.forest(table, "classification")
+    ax = figure.axes[0]
+    colors = [container.lines[0].get_color() for container in ax.containers]
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == ["gcnn C4", "gcnn D4"]
+    assert colors == ["0.35", "C2"]  # C4 crosses zero; D4 lies above it with p < 0.001
+    assert any(line.get_xdata()[0] == 0 for line in ax.get_lines())  # the zero line
