@@ -8,6 +8,9 @@ from html import escape
 import pandas as pd
 
 
+TABLE_CAPTION = "Best hyperparameters per model chosen on validation; test metrics as mean ± std over seeds."
+
+
 @dataclass(frozen=True)
 class Figure:
     name: str  # file stem, e.g. "rotation"
@@ -27,6 +30,9 @@ class Section:
     figures: tuple[Figure, ...]
     skipped: tuple[tuple[str, str], ...]  # (figure name, reason)
     links: tuple[tuple[str, str], ...]  # (text, path relative to the page) for the table files
+    caption: str = TABLE_CAPTION  # what the table's numbers are
+    findings: tuple[str, ...] = ()  # the table in words: one sentence per model
+    extras: tuple[tuple[str, pd.DataFrame], ...] = ()  # (title, formatted table) shown after the main one
 
 
 _CSS = """
@@ -36,7 +42,7 @@ h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { margin-top: 2.5rem; border-
 .meta, .note { color: #57606a; font-size: .92rem; }
 .status span { display: inline-block; padding: .1rem .55rem; margin-right: .35rem; border-radius: 1rem;
                background: #eaeef2; font-size: .85rem; }
-.status .done { background: #dafbe1; } .status .failed { background: #ffebe9; }
+.status .done { background: #dafbe1; } .status .pruned { background: #fbefff; } .status .failed { background: #ffebe9; }
 .status .running { background: #ddf4ff; } .status .interrupted { background: #fff8c5; }
 .table-wrap { overflow-x: auto; margin: 1rem 0; }
 table.results { border-collapse: collapse; font-size: .85rem; white-space: nowrap; }
@@ -48,6 +54,7 @@ table.results tbody tr:nth-child(even) { background: #fafbfc; }
 figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eaeef2; }
 figcaption { font-size: .85rem; color: #57606a; }
 ul.skipped li, ul.notes li { font-size: .9rem; }
+ul.findings li { font-size: .95rem; }
 """
 
 
@@ -68,7 +75,11 @@ def _section(section: Section) -> str:
              f'<p class="status">{counts or "<span>no jobs</span>"}</p>']
     if section.notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in section.notes) + "</ul>")
-    parts.append(_table(section.table))
+    parts.append(_table(section.table, section.caption))
+    if section.findings:
+        parts.append('<ul class="findings">' + "".join(f"<li>{escape(f)}</li>" for f in section.findings) + "</ul>")
+    for title, extra in section.extras:
+        parts.append(f"<h3>{escape(title)}</h3>" + _table(extra, ""))
     if section.links:
         parts.append('<p class="meta">Table as ' + ", ".join(
             f'<a href="{escape(path, quote=True)}">{escape(text)}</a>' for text, path in section.links) + "</p>")
@@ -80,14 +91,13 @@ def _section(section: Section) -> str:
     return "\n".join(parts)
 
 
-def _table(table: pd.DataFrame) -> str:
+def _table(table: pd.DataFrame, caption: str) -> str:
     if table.empty:
         return '<p class="note">No finished jobs with a validation metric yet: no comparison table.</p>'
     head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
     rows = "".join("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in row) + "</tr>"
                    for row in table.itertuples(index=False))
-    caption = ("<caption class=\"meta\">Best hyperparameters per model chosen on validation; "
-               "test metrics as mean ± std over seeds.</caption>")
+    caption = f'<caption class="meta">{escape(caption)}</caption>' if caption else ""
     return (f'<div class="table-wrap"><table class="results">{caption}<thead><tr>{head}</tr></thead>'
             f"<tbody>{rows}</tbody></table></div>")
 

@@ -26,13 +26,17 @@ from runner.db import (
     FinalMetricModel,
     JobModel,
     RotationMetricModel,
+    RungModel,
+    TrialJobModel,
+    TrialModel,
 )
 
 Source = Union[str, os.PathLike, Engine]
 
 # Columns of a job row that are not config fields; config fields are flattened as `section.field`.
 JOB_COLUMNS = ("job_id", "experiment", "task", "key", "label", "family", "group", "seed", "status", "params",
-               "error", "config_key")
+               "error", "role", "trial", "stream", "config_key")
+TRIAL_COLUMNS = ("trial_id", "experiment", "stream", "role", "number", "params", "job_id")
 # Config fields that vary between replicates of one hyperparameter set (the training seed), or are constant.
 REPLICATE_FIELDS = ("seed", "experiment", "task")
 SAMPLES_ARTIFACT = "samples.npz"
@@ -81,12 +85,16 @@ def _sqlite_read_only(path: Path) -> Engine:
     return engine
 
 
-def _has_results_tables(engine: Engine) -> bool:
+def _has_tables(engine: Engine, *models: Any) -> bool:
     try:
         names = set(inspect(engine).get_table_names())
     except SQLAlchemyError as exc:
         raise ReportError(f"cannot read the results database {engine.url!r}: {exc}") from exc
-    return {ExperimentModel.__tablename__, JobModel.__tablename__} <= names
+    return {model.__tablename__ for model in models} <= names
+
+
+def _has_results_tables(engine: Engine) -> bool:
+    return _has_tables(engine, ExperimentModel, JobModel)
 
 
 def _read(engine: Engine, statement: Any) -> pd.DataFrame:
@@ -112,6 +120,14 @@ def load_experiments(source: Source) -> pd.DataFrame:
     return frame[columns].reset_index(drop=True)
 
 
+def load_spec_text(source: Source, experiment: str) -> str:
+    """The spec file's text as stored with the experiment when it last ran ('' if there is none)."""
+    engine = connect(source)
+    ids = experiment_ids(engine, experiment)
+    texts = _read(engine, select(ExperimentModel.spec_toml).where(ExperimentModel.experiment_id.in_(ids)))
+    return str(texts["spec_toml"].iloc[0]) if not texts.empty and texts["spec_toml"].iloc[0] else ""
+
+
 def experiment_ids(source: Source, experiment: str | None) -> list[int]:
     """The ids of `experiment` (all experiments if None); an unknown name raises ReportError listing the known."""
     experiments = load_experiments(source)
@@ -127,7 +143,10 @@ def experiment_ids(source: Source, experiment: str | None) -> list[int]:
 def load(source: Source, experiment: str | None = None) -> pd.DataFrame:
     """One row per job, with the resolved config flattened and the final metrics as columns.
 
-    Columns: job_id, experiment, task, key, label, family, group, seed, status, params, error, config_key
+    Columns: job_id, experiment, task, key, label, family, group, seed, status (queued, running, done, failed,
+    interrupted, pruned), params, error (for a pruned job: why), role ('final' for a job of a study's final
+    evaluation, else 'search'), trial and stream (the search trial's number and its stream; NaN and None for a job
+    that is only final, and for every job of a plain grid), config_key
     (a hash of the config minus the seed: jobs sharing it are replicates of one hyperparameter set), one column
     per config field (`data.fraction`, `train.lr`, `model.width`, ...; lists become tuples), then one column per
     final metric (`test_auc`, `valid_dice`, `train_seconds`, ...; NaN where a job has none yet).
@@ -148,6 +167,9 @@ def load(source: Source, experiment: str | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=list(JOB_COLUMNS))
     jobs = _read(engine, _jobs_query(ids))
     jobs["params"] = pd.to_numeric(jobs["params"], errors="coerce").astype("Int64")  # NULL until a job has run
+    jobs = jobs.join(_roles(load_trials(engine, experiment)), on="job_id")
+    jobs["role"] = jobs["role"].fillna("search")
+    jobs["stream"] = jobs["stream"].astype(object).where(jobs["stream"].notna(), None)
     config = _flatten_configs(jobs.pop("config_json"))
     jobs["config_key"] = _config_keys(config)
     finals = _read(engine, select(FinalMetricModel.job_id, FinalMetricModel.name, FinalMetricModel.value)
@@ -156,6 +178,51 @@ def load(source: Source, experiment: str | None = None) -> pd.DataFrame:
     wide = wide.reindex(columns=sorted(wide.columns))
     frame = pd.concat([jobs[list(JOB_COLUMNS)], config], axis=1).join(wide, on="job_id")
     return frame.reset_index(drop=True)
+
+
+def _roles(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per linked job: role ('final' if any final trial uses it), trial and stream of its first search trial."""
+    columns = ["role", "trial", "stream"]
+    if trials.empty:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="job_id")).astype({"trial": float})
+    final = trials[trials["role"] == "final"].groupby("job_id").size()
+    search = (trials[trials["role"] == "search"].sort_values(["number", "trial_id"], kind="mergesort")
+              .drop_duplicates("job_id").set_index("job_id"))
+    out = pd.DataFrame(index=pd.Index(sorted(set(trials["job_id"])), name="job_id"))
+    out["role"] = np.where(out.index.isin(final.index), "final", "search")
+    out["trial"] = search["number"].reindex(out.index).astype(float)
+    out["stream"] = search["stream"].reindex(out.index)
+    return out[columns]
+
+
+def load_trials(source: Source, experiment: str | None = None) -> pd.DataFrame:
+    """One row per (trial, job) link of a study: trial_id, experiment, stream, role ('search' | 'final'), number,
+    params (the sampled values by dotted key, a dict; for a final trial the key of the search job it re-runs) and
+    job_id. Empty for plain grids and for databases written before studies existed."""
+    engine = connect(source)
+    ids = experiment_ids(engine, experiment)
+    if not ids or not _has_tables(engine, TrialModel, TrialJobModel):
+        return pd.DataFrame(columns=list(TRIAL_COLUMNS))
+    trials = _read(engine, select(TrialModel.trial_id, ExperimentModel.name.label("experiment"), TrialModel.stream,
+                                  TrialModel.role, TrialModel.number, TrialModel.params_json, TrialJobModel.job_id)
+                   .join(ExperimentModel).join(TrialJobModel, TrialJobModel.trial_id == TrialModel.trial_id)
+                   .where(TrialModel.experiment_id.in_(ids))
+                   .order_by(TrialModel.trial_id, TrialJobModel.job_id))
+    trials["params"] = [json.loads(text) for text in trials.pop("params_json")]
+    return trials[list(TRIAL_COLUMNS)]
+
+
+def load_rungs(source: Source, job_ids: Iterable[int]) -> pd.DataFrame:
+    """Pruning decisions of the given jobs, long: job_id, rung, epoch (1-based: epochs completed), metric, value,
+    cut (what the job had to reach), competitors (jobs compared, itself included), promoted (False: pruned there)."""
+    engine = connect(source)
+    statement = select(RungModel.job_id, RungModel.rung, RungModel.epoch, RungModel.metric, RungModel.value,
+                       RungModel.cut, RungModel.competitors, RungModel.promoted)
+    if not _has_tables(engine, RungModel):
+        return pd.DataFrame(columns=[column.name for column in statement.selected_columns])
+    rungs = _read_by_jobs(engine, statement, RungModel, job_ids, None)
+    rungs["promoted"] = rungs["promoted"].astype(bool)
+    return rungs.sort_values(["job_id", "rung"], kind="mergesort").reset_index(drop=True)
 
 
 def _jobs_query(ids: list[int]) -> Any:

@@ -13,7 +13,7 @@ from typing import Callable
 import pandas as pd
 from matplotlib.figure import Figure
 
-from reports import figures, html, tables
+from reports import figures, html, study_report, tables
 from reports.load import (
     Source,
     connect,
@@ -26,7 +26,7 @@ from reports.load import (
     load_samples,
 )
 
-STATUS_ORDER = ("done", "running", "queued", "interrupted", "failed")
+STATUS_ORDER = ("done", "pruned", "running", "queued", "interrupted", "failed")
 CAPTIONS = {
     "learning_curves": "Validation metric per epoch for each selected model (mean ± std over seeds).",
     "rotation": "Test metric against test-time rotation of the inputs: flat is invariant.",
@@ -36,6 +36,7 @@ CAPTIONS = {
     "sensitivity": ("Validation metric against each swept hyperparameter, per family: the line is the best "
                     "configuration at each value, the band the range over the other settings."),
     "samples": "Test patches with the model's predictions.",
+    **study_report.CAPTIONS,
 }
 
 
@@ -81,26 +82,43 @@ def _render_experiment(engine: Source, name: str, task: str, out_dir: Path, writ
     jobs = load(engine, name)
     folder = out_dir / _slug(name)
     selected = tables.select_models(jobs, task)
-    table = tables.comparison_table(selected, task)
-    formatted = tables.format_table(table, task) if not table.empty else pd.DataFrame()
-    caption = f"{name}: best configuration per model on validation; test metrics mean ± std over seeds"
+    study = study_report.view(engine, name, task, jobs)  # None for a plain grid
+    table, formatted, caption, latex_caption = _headline(name, task, selected, study)
     files = {"table.md": tables.to_markdown(formatted), "table.csv": tables.to_csv(table),
-             "table.tex": tables.to_latex(formatted, caption, f"tab:{_slug(name)}")}
+             "table.tex": tables.to_latex(formatted, latex_caption, f"tab:{_slug(name)}")}
+    if study is not None:
+        files.update({"search.md": tables.to_markdown(study.counts), "search.csv": tables.to_csv(study.counts)})
     written += [_write(folder / file, text.encode()) for file, text in files.items()]
     lines = figures.pick_lines(table, task) if not table.empty else table
-    drawn, skipped = _figures(engine, jobs, selected, table, lines, task, folder, written)
-    notes = _notes(jobs, task, len(table), len(lines))
+    drawn, skipped = _figures(engine, jobs, selected, table, lines, task, folder, written, study)
+    notes = _notes(jobs, task, len(table), len(lines)) + (study.notes if study is not None else ())
+    extras = (("Search: trials per model, pruned and complete", study.counts),) if study is not None else ()
     return html.Section(experiment=name, task=task, status_counts=_status_counts(jobs), notes=notes,
                         table=formatted, figures=drawn, skipped=skipped,
-                        links=tuple((f, f"{folder.name}/{f}") for f in files))
+                        links=tuple((f, f"{folder.name}/{f}") for f in files), caption=caption,
+                        findings=study.findings if study is not None else (), extras=extras)
+
+
+def _headline(name: str, task: str, selected: pd.DataFrame,
+              study: study_report.StudyView | None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+    """(numeric table, display table, caption, LaTeX caption): a study's final evaluation once it has a done job,
+    else the best configuration per model on validation."""
+    if study is not None and not study.final.empty:
+        return study.final, study.formatted, study_report.FINAL_CAPTION, f"{name}: {study_report.FINAL_CAPTION}"
+    table = tables.comparison_table(selected, task)
+    formatted = tables.format_table(table, task) if not table.empty else pd.DataFrame()
+    latex = f"{name}: best configuration per model on validation; test metrics mean ± std over seeds"
+    return table, formatted, html.TABLE_CAPTION, latex
 
 
 Drawn = tuple[tuple[html.Figure, ...], tuple[tuple[str, str], ...]]  # (figures, (name, reason skipped))
 
 
 def _figures(engine: Source, jobs: pd.DataFrame, selected: pd.DataFrame, table: pd.DataFrame, lines: pd.DataFrame,
-             task: str, folder: Path, written: list[Path]) -> Drawn:
+             task: str, folder: Path, written: list[Path], study: study_report.StudyView | None) -> Drawn:
     builders = _builders(engine, jobs, selected, table, lines, task)
+    if study is not None:
+        builders.update(study_report.figure_builders(study, task))
     drawn, skipped = [], []
     for name, build in builders.items():
         try:
@@ -185,6 +203,9 @@ def _summary(title: str, intro: str, sections: list[html.Section], out_dir: Path
         parts += ["", f"## {section.experiment} ({section.task})", "", f"Jobs: {counts}."]
         parts += [f"- {note}" for note in section.notes]
         parts += ["", tables.to_markdown(section.table).rstrip()]
+        parts += [""] * bool(section.findings) + [f"- {finding}" for finding in section.findings]
+        for title, extra in section.extras:
+            parts += ["", f"{title}:", "", tables.to_markdown(extra).rstrip()]
         if section.skipped:
             parts += ["", "Figures skipped: " + "; ".join(f"{n} ({r})" for n, r in section.skipped) + "."]
     parts += ["", f"Open {out_dir / 'report.html'} for the figures."]

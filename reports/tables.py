@@ -122,22 +122,23 @@ def _aggregate(chosen: pd.DataFrame, task: str, keys: list[str]) -> pd.DataFrame
     return pd.concat([firsts, pd.DataFrame(parts)], axis=1).reset_index()
 
 
-def _describe(chosen: pd.DataFrame, fields: list[str]) -> pd.Series:
-    """'lr=0.003, width=32' per config_key, naming each swept field by its last part when that is unambiguous."""
+def _describe(chosen: pd.DataFrame, fields: list[str], number: str = "{:g}") -> pd.Series:
+    """'lr=0.003, width=32' per config_key, naming each swept field by its last part when that is unambiguous;
+    floats written with `number` (sampled values want fewer digits than grid values)."""
     short = {f: f.split(".", 1)[1] for f in fields}
     if len(set(short.values())) < len(short):
         short = {f: f for f in fields}
     firsts = chosen.groupby("config_key")[fields].first() if fields else None
 
     def text(config_key: str) -> str:
-        return ", ".join(f"{short[f]}={_value(firsts.at[config_key, f])}" for f in fields) if fields else ""
+        return ", ".join(f"{short[f]}={_value(firsts.at[config_key, f], number)}" for f in fields) if fields else ""
 
     keys = sorted(chosen["config_key"].unique())
     return pd.Series([text(k) for k in keys], index=keys)
 
 
-def _value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+def _value(value: Any, number: str = "{:g}") -> str:
+    return number.format(value) if isinstance(value, (float, np.floating)) else str(value)
 
 
 def comparison_table(selected: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -219,7 +220,7 @@ def to_csv(table: pd.DataFrame) -> str:
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--"}
+                  "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "<": r"$<$", ">": r"$>$"}
 
 
 def latex_escape(text: str) -> str:

@@ -1,0 +1,253 @@
+"""Reports of a study: roles and trials per job, the final table and its sentences, search tables and figures.
+
+The database is written through the runner's own `Database` (tests/study_fixtures.py) with hand-chosen metrics.
+The final table is compared with tests/reference/report_study.{md,csv,tex}; after an intended change regenerate
+them with
+
+    UPDATE_REFERENCE=1 uv run pytest tests/test_reports_study.py -q
+
+and review the diff before committing.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+from sqlalchemy import create_engine
+
+import reports
+from reports import final, study, study_figures
+from reports.figures import Skipped
+from reports.load import load_rungs, load_trials
+from runner.db import BaseModel, ExperimentModel, FinalMetricModel, JobModel
+from tests.report_fixtures import build_fixture_db, job_config, job_rows, _insert
+from tests.study_fixtures import CNN_AUC, NAME, SPEC_TOML, TEST_AUC, build_study_db
+
+REFERENCE = Path(__file__).parent / "reference"
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory) -> Path:
+    return build_study_db(tmp_path_factory.mktemp("study") / "results.db")
+
+
+@pytest.fixture(scope="module")
+def rendered(study_db, tmp_path_factory) -> tuple[Path, reports.Report]:
+    out = tmp_path_factory.mktemp("report")
+    return out, reports.render(study_db, out)
+
+
+@pytest.fixture(scope="module")
+def table(study_db) -> pd.DataFrame:
+    jobs = reports.load(study_db)
+    return final.final_table(jobs, load_trials(study_db), "classification", ["train.lr", "model.dropout"])
+
+
+# ---- load ----------------------------------------------------------------------------------------------------
+
+def test_jobs_carry_their_role_trial_and_stream(study_db):
+    jobs = reports.load(study_db).set_index("label")
+    # The cnn's best search trial is also its final seed-0 job: one job, role final, its search trial kept.
+    assert jobs.loc["cnn #0 s0", ["role", "trial", "stream"]].tolist() == ["final", 0.0, "model[0] cnn"]
+    assert jobs.loc["gcnn D4 #2 s0", ["role", "trial"]].tolist() == ["final", 2.0]
+    assert jobs.loc["gcnn D4 #0 s0", ["role", "trial"]].tolist() == ["search", 0.0]
+    only_final = jobs.loc["gcnn C4 final s0"]
+    assert only_final["role"] == "final" and math.isnan(only_final["trial"]) and only_final["stream"] is None
+    assert (jobs["role"] == "final").sum() == 18 and jobs["trial"].notna().sum() == 9
+
+
+def test_pruned_jobs_are_visible_with_their_reason_and_rung(study_db):
+    jobs = reports.load(study_db)
+    pruned = jobs[jobs["status"] == "pruned"]
+    assert pruned["label"].tolist() == ["cnn #1 s0", "gcnn D4 #1 s0", "gcnn C4 #1 s0"]
+    assert pruned["error"].str.startswith("pruned at rung 0 (epoch 1)").all()
+    rungs = load_rungs(study_db, pruned["job_id"])
+    assert rungs[["rung", "epoch", "cut", "competitors"]].drop_duplicates().values.tolist() == [[0, 1, 0.8, 3]]
+    assert not rungs["promoted"].any() and rungs["promoted"].dtype == bool
+
+
+def test_trials_list_every_link_with_its_params(study_db):
+    trials = load_trials(study_db)
+    search, finals = trials[trials["role"] == "search"], trials[trials["role"] == "final"]
+    assert len(search) == 9 and len(finals) == 18 and finals["number"].eq(0).all()
+    assert search.iloc[1]["params"] == {"train.lr": 0.1, "model.dropout": 0.2}
+    assert load_trials(study_db, experiment=NAME).equals(trials)
+
+
+def test_plain_grids_are_all_search_jobs_without_trials(tmp_path):
+    jobs = reports.load(build_fixture_db(tmp_path / "grid.db"))
+    assert (jobs["role"] == "search").all() and jobs["trial"].isna().all() and jobs["stream"].isna().all()
+
+
+def test_a_database_without_study_tables_still_loads(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    BaseModel.metadata.create_all(engine, tables=[m.__table__ for m in (ExperimentModel, JobModel,
+                                                                         FinalMetricModel)])
+    rows = job_rows(1, 1, job_config("old", "classification", 0), "done", 2)
+    _insert(engine, [("old", "classification")], iter([{JobModel: rows[JobModel],
+                                                        FinalMetricModel: rows[FinalMetricModel]}]))
+    jobs = reports.load(tmp_path / "old.db")
+    assert jobs["role"].tolist() == ["search"] and load_trials(tmp_path / "old.db").empty
+    assert load_rungs(tmp_path / "old.db", [1]).empty
+
+
+# ---- the final table -----------------------------------------------------------------------------------------
+
+def test_final_table_has_one_row_per_final_model_with_t_intervals(table):
+    assert table["name"].tolist() == ["cnn", "gcnn C4", "gcnn D4"]
+    assert table["n_seeds"].tolist() == [6, 5, 6]  # C4's seed 5 is still queued
+    cnn = table.iloc[0]
+    half = scipy_stats.t.ppf(0.975, 5) * np.std(CNN_AUC, ddof=1) / math.sqrt(6)
+    assert cnn["test_auc_mean"] == pytest.approx(np.mean(CNN_AUC))
+    assert (cnn["test_auc_ci_low"], cnn["test_auc_ci_high"]) == pytest.approx(
+        (np.mean(CNN_AUC) - half, np.mean(CNN_AUC) + half))
+    assert table["hyperparameters"].tolist() == ["lr=0.001, dropout=0.1", "lr=0.001, dropout=0.1",
+                                                 "lr=0.003, dropout=0.05"]
+
+
+def test_differences_are_paired_by_seed_against_the_plain_cnn(table):
+    rows = table.set_index("name")
+    assert set(table["baseline"]) == {"cnn"} and math.isnan(rows.at["cnn", "p_value"])
+    d4 = np.subtract(TEST_AUC["gcnn D4"], CNN_AUC)
+    assert rows.at["gcnn D4", "delta_test_auc"] == pytest.approx(d4.mean())
+    assert rows.at["gcnn D4", "p_value"] == pytest.approx(scipy_stats.ttest_rel(TEST_AUC["gcnn D4"], CNN_AUC).pvalue)
+    assert 0 < rows.at["gcnn D4", "delta_ci_low"] < rows.at["gcnn D4", "delta_ci_high"]
+    c4 = TEST_AUC["gcnn C4"]
+    assert rows.at["gcnn C4", "n_pairs"] == 5
+    assert rows.at["gcnn C4", "p_value"] == pytest.approx(scipy_stats.ttest_rel(c4, CNN_AUC[:5]).pvalue)
+    assert rows.at["gcnn C4", "delta_ci_low"] < 0 < rows.at["gcnn C4", "delta_ci_high"]
+
+
+def test_findings_say_in_words_when_the_interval_includes_zero(table):
+    rows = table.set_index("name")
+    c4_words, d4_words = final.findings(table, "classification")
+    low, high = rows.at["gcnn D4", "delta_ci_low"], rows.at["gcnn D4", "delta_ci_high"]
+    assert d4_words == (f"gcnn D4: +0.022 AUC vs cnn, 95 % CI [{low:+.3f}, {high:+.3f}], p < 0.001 over 6 paired "
+                        "seeds.")
+    assert c4_words.startswith("gcnn C4: +0.002 AUC vs cnn, 95 % CI [")
+    assert c4_words.endswith(f"over 5 paired seeds; the interval includes zero: no evidence of a difference at "
+                             "this sample size.")
+
+
+def test_a_bootstrap_interval_the_t_test_disagrees_with_is_called_weak():
+    row = pd.Series({"name": "gcnn D4", "baseline": "cnn", "n_pairs": 3, "delta_test_auc": 0.035,
+                     "delta_ci_low": 0.012, "delta_ci_high": 0.076, "p_value": 0.23})
+    words = final.findings(pd.DataFrame([row, row.replace({"gcnn D4": "cnn"})]), "classification")
+    assert words == ("gcnn D4: +0.035 AUC vs cnn, 95 % CI [+0.012, +0.076], p = 0.23 over 3 paired seeds; but the "
+                     "paired t-test does not reject zero (p ≥ 0.05): with 3 seeds the bootstrap interval is too "
+                     "narrow, so this is weak evidence.",)
+
+
+def test_without_a_plain_model_the_findings_say_so(study_db):
+    jobs, trials = reports.load(study_db), load_trials(study_db)
+    cnn = jobs.loc[jobs["family"] == "cnn", "job_id"]
+    no_plain = final.final_table(jobs[~jobs["job_id"].isin(cnn)], trials[~trials["job_id"].isin(cnn)],
+                                 "classification", [])
+    assert no_plain["name"].tolist() == ["gcnn C4", "gcnn D4"] and no_plain["delta_test_auc"].isna().all()
+    assert final.findings(no_plain, "classification") == (
+        "No plain model (family cnn or unet) among the final models: no differences to report.",)
+    with pytest.raises(Skipped, match="no plain baseline"):
+        study_figures.forest(no_plain, "classification")
+
+
+@pytest.mark.parametrize("suffix", ["md", "csv", "tex"])
+def test_final_table_matches_the_stored_reference(rendered, suffix):
+    out, _ = rendered
+    produced = (out / NAME / f"table.{suffix}").read_text()
+    reference = REFERENCE / f"report_{NAME}.{suffix}"
+    if os.environ.get("UPDATE_REFERENCE") == "1":
+        reference.write_text(produced)
+    assert produced == reference.read_text(), f"{reference} differs; see the module docstring to regenerate"
+
+
+# ---- the search stage ----------------------------------------------------------------------------------------
+
+def test_trial_results_average_each_jobs_best_epoch_and_mark_pruned(study_db):
+    jobs, trials = reports.load(study_db), load_trials(study_db)
+    epochs = reports.load_epochs(study_db, jobs["job_id"], ["valid_auc"])
+    results = study.trial_results(trials, jobs, epochs, SPEC_TOML, "classification")
+    cnn = results[results["stream"] == "model[0] cnn"]
+    assert cnn["state"].tolist() == ["complete", "pruned", "complete"]
+    assert cnn["value"].tolist() == pytest.approx([0.86, 0.60, 0.84])
+    assert cnn["pruned_epoch"].isna().tolist() == [True, False, True] and cnn["pruned_epoch"].iloc[1] == 1
+    assert study.searched_parameters(results) == ["model.dropout", "train.lr"]
+    counts = study.pruned_counts(results).set_index("Model")
+    assert counts.loc["gcnn D4", ["Trials", "Complete", "Pruned", "Pruned after", "Best complete"]].tolist() == [
+        3, 2, 1, "epoch 1: 1", "0.900"]
+
+
+def test_spec_text_gives_the_metric_and_the_log_axes():
+    assert study.log_axes(SPEC_TOML) == {"train.lr"}
+    override = SPEC_TOML + '\n[model.search]\nmetric = "valid_nll"\n[model.search.space]\n"train.weight_decay" = ' \
+                           '{ log = [1e-5, 1e-2] }\n'
+    assert study.stream_metric("model[2] gcnn C4", override, "classification") == "valid_nll"
+    assert study.stream_metric("model[0] cnn", override, "classification") == "valid_auc"
+    assert study.log_axes(override) == {"train.lr", "train.weight_decay"}
+    assert study.stream_metric("model[0] cnn", "not = [toml", "segmentation") == "valid_dice"
+
+
+def test_parameter_figure_uses_log_x_for_log_distributed_axes(study_db):
+    jobs, trials = reports.load(study_db), load_trials(study_db)
+    epochs = reports.load_epochs(study_db, jobs["job_id"], ["valid_auc"])
+    results = study.trial_results(trials, jobs, epochs, SPEC_TOML, "classification")
+    figure = study_figures.search_parameters(results, ["model.dropout", "train.lr"], {"train.lr"})
+    assert [ax.get_xscale() for ax in figure.axes] == ["linear", "log"]
+    history = study_figures.search_history(results)
+    markers = {len(collection.get_offsets()) for collection in history.axes[0].collections}
+    assert markers == {1, 2}  # per stream: two complete dots, one pruned cross
+
+
+# ---- rendering -----------------------------------------------------------------------------------------------
+
+def test_render_draws_the_study_figures_and_shows_the_findings(rendered):
+    out, report = rendered
+    assert {"forest", "search_history", "search_parameters"} <= {p.stem for p in (out / NAME).glob("*.png")}
+    assert {"forest", "search_history", "search_parameters"} <= {p.stem for p in (out / NAME).glob("*.pdf")}
+    page = (out / "report.html").read_text()
+    assert "Final evaluation: each model&#x27;s best searched configuration" in page
+    assert "no evidence of a difference at this sample size" in page and "Pruned after" in page
+    assert not re.search(r'(src|href)="(https?:|//)|<script|<link', page)
+    assert "Jobs: done 21, pruned 3, queued 1." in report.summary
+    assert "Search: 3 of 9 trials pruned (cnn 1, gcnn D4 1, gcnn C4 1); see the search table." in report.summary
+    assert "Final evaluation of gcnn C4: 5 of 6 seeds done; its statistics use those." in report.summary
+    assert (out / NAME / "search.csv").read_text().startswith("Stream,Model,Metric,Trials,Complete,Pruned")
+
+
+def test_segmentation_final_table_compares_dice_with_the_plain_unet():
+    rows = [("unet", "trivial", seed, dice) for seed, dice in enumerate((0.70, 0.72, 0.71))]
+    rows += [("gunet", "D4", seed, dice) for seed, dice in enumerate((0.74, 0.75, 0.76))]
+    jobs = pd.DataFrame(rows, columns=["family", "group", "seed", "test_dice"]).assign(
+        job_id=range(1, 7), status="done", params=500, role="final", **{"augment.geometric": "none"},
+        config_key=["u"] * 3 + ["g"] * 3)
+    trials = pd.DataFrame({"stream": ["final unet"] * 3 + ["final gunet D4"] * 3, "role": "final",
+                           "job_id": range(1, 7)})
+    table = final.final_table(jobs, trials, "segmentation", [])
+    assert table["name"].tolist() == ["unet", "gunet D4"] and table["baseline"].tolist() == ["unet", "unet"]
+    assert table.at[1, "delta_test_dice"] == pytest.approx(0.04)
+    (words,) = final.findings(table, "segmentation")
+    assert words.startswith("gunet D4: +0.040 Dice vs unet, 95 % CI [") and "over 3 paired seeds" in words
+    assert "Δ Dice vs unet (95 % CI)" in final.format_final(table, "segmentation").columns
+
+
+def test_a_study_before_its_final_stage_reports_the_search(tmp_path):
+    db = build_study_db(tmp_path / "results.db", with_final=False)
+    report = reports.render(db, tmp_path / "out")
+    assert "Δ AUC vs CNN" in (tmp_path / "out" / NAME / "table.md").read_text()  # the validation-selection table
+    assert (tmp_path / "out" / NAME / "search_history.png").is_file()
+    assert f"{NAME}/forest: no final evaluation job is done yet" in report.skipped
+    assert (reports.load(db)["role"] == "search").all()
+
+
+def test_forest_plot_greys_out_intervals_that_include_zero(table):
+    figure = study_figures.forest(table, "classification")
+    ax = figure.axes[0]
+    colors = [container.lines[0].get_color() for container in ax.containers]
+    assert [tick.get_text() for tick in ax.get_yticklabels()] == ["gcnn C4", "gcnn D4"]
+    assert colors == ["0.35", "C2"]  # C4 crosses zero; D4 lies above it with p < 0.001
+    assert any(line.get_xdata()[0] == 0 for line in ax.get_lines())  # the zero line
