@@ -170,14 +170,17 @@ def predict(model: Artifact, paths: list[Path], out: Path, tta: str = "none", ba
     advance = progress(total) if progress else (lambda n: None)
     stream = (entry for path in found for entry in inputs.items(path))
     notes = [note] if (note := tta_note(model, tta)) else []
+    # No CSV when nothing could be predicted: an empty file would look like a result.
     if model.task == "classification":
         rows = classify(model, stream, tta, batch_size, problems, advance)
-        files.write_text(out, classification_csv(rows))
+        if rows:
+            files.write_text(out, classification_csv(rows))
     else:
         masks = out.with_name(out.stem + "_masks")
         rows = segment(model, stream, tta, batch_size, problems, masks, advance)
-        files.write_text(out, segmentation_csv(rows))
-        notes.append(f"masks in {masks}")
+        if rows:
+            files.write_text(out, segmentation_csv(rows))
+            notes.append(f"masks in {masks}")
     return PredictResult(out, len(rows), time.monotonic() - start, problems, notes)
 
 
