@@ -204,15 +204,16 @@ def heat_grid(shape: tuple[int, int], tiles: list[Tile], scale: float) -> np.nda
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def heatmap_png(thumbnail: np.ndarray, tiles: list[Tile], scale: float, alpha: float = 0.55) -> bytes:
-    """The thumbnail with p_tumour blended over scored tissue (blue 0 ... red 1)."""
+def heatmap_png(thumbnail: np.ndarray, tiles: list[Tile], scale: float) -> bytes:
+    """The thumbnail with p_tumour over scored tissue: yellow to red, more opaque the higher p (low p stays clear)."""
     from matplotlib import colormaps
     from PIL import Image
 
     heat = heat_grid(thumbnail.shape[:2], tiles, scale)
-    colours = colormaps["coolwarm"](np.nan_to_num(heat))[..., :3] * 255.0
-    covered = ~np.isnan(heat)[..., None]
-    blended = np.where(covered, (1 - alpha) * thumbnail + alpha * colours, thumbnail)
+    p = np.nan_to_num(heat)[..., None]
+    colours = colormaps["YlOrRd"](p[..., 0])[..., :3] * 255.0
+    alpha = np.where(np.isnan(heat)[..., None], 0.0, 0.1 + 0.75 * p)
+    blended = (1 - alpha) * thumbnail + alpha * colours
     buffer = io.BytesIO()
     Image.fromarray(blended.round().astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
