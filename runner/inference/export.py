@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,27 +71,34 @@ class ExportResult:
 
 def export(request: ExportRequest) -> ExportResult:
     start = time.monotonic()
-    out = request.out
-    if out.exists():
-        raise ExportError(f"--out {out} already exists; remove it or choose another folder")
+    if request.out.exists():
+        raise ExportError(f"--out {request.out} already exists; remove it or choose another folder")
     job = find_job(request)
     config = config_from_dict(json.loads(job.config_json))
     model = trained_model(request.root, job.key, config)
     x = verification_inputs(config, request.root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp's private mode would otherwise stick to the published folder
-    try:
+    with staged_folder(request.out) as staging:
         meta = write_verified(model, config, x, staging)
         meta.update(describe_job(request, job, config))
         (staging / artifact.META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    check = meta["verification"]
+    return ExportResult(request.out, job.key, check["pt2_max_relative_difference"],
+                        check["onnx_max_relative_difference"], meta["symmetry"]["own_group_error"],
+                        time.monotonic() - start)
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of `out`, renamed to `out` when the block succeeds and removed when it raises."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp's private mode would otherwise stick to the published folder
+        yield staging
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    check = meta["verification"]
-    return ExportResult(out, job.key, check["pt2_max_relative_difference"], check["onnx_max_relative_difference"],
-                        meta["symmetry"]["own_group_error"], time.monotonic() - start)
 
 
 # ---- which job, which weights ----------------------------------------------------------------------------------

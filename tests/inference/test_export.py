@@ -12,7 +12,7 @@ import torch
 import reports
 from runner.config import JobConfig, ModelSpec
 from runner.inference.artifact import ArtifactError, load, read_meta, transform
-from runner.inference.export import VerificationError, symmetry_of
+from runner.inference.export import VerificationError, staged_folder, symmetry_of
 from runner.inference.selection import best_job_id
 from tests.inference.conftest import run_cli
 
@@ -130,3 +130,14 @@ def test_selection_prefers_final_evaluation_jobs(trained):
     roles = jobs.assign(role=np.where(jobs["job_id"] == other, "final", "search"))
     assert best_job_id(roles, "classification") == other
     assert best_job_id(jobs, "classification", group="D4") == int(jobs.loc[jobs["group"] == "D4", "job_id"].iloc[0])
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path):
+    with pytest.raises(VerificationError):
+        with staged_folder(tmp_path / "out") as staging:
+            (staging / "model.onnx").write_bytes(b"half")
+            raise VerificationError("outputs differ")
+    assert list(tmp_path.iterdir()) == []
+    with staged_folder(tmp_path / "out") as staging:
+        (staging / "model.json").write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "model.json").exists()
