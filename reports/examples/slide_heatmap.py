@@ -61,7 +61,7 @@ def draw(folder: Path, out: Path) -> None:
     with Image.open(folder / "heat" / "heatmap.png") as image:
         picture = image.resize((640, round(640 * image.height / image.width)), Image.Resampling.LANCZOS)
     outline(picture, slide, picture.width / (slide.upscale * 96 * 12))
-    picture.save(out)
+    picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)  # a small file for git
     print(f"wrote {out}")
 
 
