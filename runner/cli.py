@@ -17,7 +17,7 @@ from runner.db import Database, DatabaseError
 from runner.spec import SpecError, read_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-COMMANDS = ("run", "report", "status", "show", "schema")
+COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve")
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", parents=[common], help="one job: config, metrics, error")
     show.add_argument("job", help="job id or (a prefix of) its key")
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
+    from runner.inference.commands import add_parsers
+
+    add_parsers(sub, common)
     return top
 
 
@@ -181,5 +184,11 @@ def cmd_schema(_args) -> int:
     return EXIT_OK
 
 
+def cmd_inference(args) -> int:
+    from runner.inference import commands
+
+    return commands.run(args, console, errors)
+
+
 COMMAND_FUNCTIONS = {"run": cmd_run, "report": cmd_report, "status": cmd_status, "show": cmd_show,
-                     "schema": cmd_schema}
+                     "schema": cmd_schema, "export": cmd_inference, "predict": cmd_inference, "serve": cmd_inference}

@@ -1,0 +1,269 @@
+"""Export a trained job to a self-describing folder: model.pt2, model.onnx and model.json.
+
+The network is rebuilt from the job's checkpoint (the best-validation weights the test metrics came from), turned
+into plain torch by `equiv.export_eval`, then exported twice: `torch.export` (.pt2) and ONNX. Nothing is written
+to the destination until both copies agree with the trained model within 1e-5 (relative, per patch) on held-out
+test patches and the exported model still has the group symmetry it was trained with: the folder is assembled
+in a temporary sibling and renamed into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runner import checkpoint
+from runner.config import JobConfig
+from runner.db import Database, JobModel
+from runner.grid import config_from_dict
+from runner.inference import artifact
+from runner.inference.selection import SelectionError, best_job_id
+
+AGREEMENT_TOLERANCE = 1e-5  # relative output difference allowed between the exported copies and the trained model
+SYMMETRY_TOLERANCE = 1e-4  # relative change under a group element that still counts as exact symmetry
+VERIFY_PATCHES = 16
+# PatchCamelyon's patches come from Camelyon16 slides scanned at 40x (0.243 um/px) and downsampled 4x (level 2):
+# 0.972 um/px. The synthetic data imitates PCam, so it is given the same scale.
+PCAM_MPP = 0.972
+CLASS_NAMES = {"classification": ["normal", "tumour"], "segmentation": ["background", "nucleus"]}
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked (unknown job, no checkpoint, --out exists); nothing was written."""
+
+
+class VerificationError(ExportError):
+    """The exported copies do not compute what the trained model computes; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    root: Path
+    db_url: str
+    out: Path
+    job: str | None = None  # id or key prefix; else the experiment's best model
+    experiment: str | None = None
+    family: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: Path
+    job_key: str
+    pt2_error: float
+    onnx_error: float
+    symmetry_error: float
+    seconds: float
+
+
+def export(request: ExportRequest) -> ExportResult:
+    start = time.monotonic()
+    if request.out.exists():
+        raise ExportError(f"--out {request.out} already exists; remove it or choose another folder")
+    job = find_job(request)
+    config = config_from_dict(json.loads(job.config_json))
+    model = trained_model(request.root, job.key, config)
+    x = verification_inputs(config, request.root)
+    with staged_folder(request.out) as staging:
+        meta = write_verified(model, config, x, staging)
+        meta.update(describe_job(request, job, config))
+        (staging / artifact.META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    check = meta["verification"]
+    return ExportResult(request.out, job.key, check["pt2_max_relative_difference"],
+                        check["onnx_max_relative_difference"], meta["symmetry"]["own_group_error"],
+                        time.monotonic() - start)
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of `out`, renamed to `out` when the block succeeds and removed when it raises."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp's private mode would otherwise stick to the published folder
+        yield staging
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# ---- which job, which weights ----------------------------------------------------------------------------------
+
+def find_job(request: ExportRequest) -> JobModel:
+    db = Database(request.db_url, create=False)
+    reference = request.job if request.job else str(best_job(request))
+    job = db.find_job(reference)
+    if job.status != "done":
+        raise ExportError(f"job {job.job_id} ({job.key}) is {job.status}, not done; only finished jobs are exported "
+                          "(python -m runner status lists them)")
+    return job
+
+
+def best_job(request: ExportRequest) -> int:
+    import reports
+
+    try:
+        jobs = reports.load(request.db_url, experiment=request.experiment)
+        task = str(jobs["task"].iloc[0]) if len(jobs) else "classification"
+        return best_job_id(jobs, task, request.family, request.group)
+    except (reports.ReportError, SelectionError) as exc:
+        raise ExportError(f"--best for experiment {request.experiment!r}: {exc}") from exc
+
+
+def trained_model(root: Path, key: str, config: JobConfig) -> torch.nn.Module:
+    from runner.train import build
+
+    path = checkpoint.checkpoint_path(root, key)
+    state = checkpoint.load(path)
+    if state is None:
+        raise ExportError(f"no checkpoint at {path}; pass the --root the job ran under, or run it again")
+    model = build(config)
+    model.load_state_dict(state["best_model"] if state.get("best_model") is not None else state["model"])
+    return model.eval()
+
+
+def input_size(config: JobConfig) -> int:
+    return 96 if config.data.source == "pcam" else config.data.image_size
+
+
+def verification_inputs(config: JobConfig, root: Path) -> torch.Tensor:
+    """Normalised held-out test patches; tissue-like noise of the right size when the data is not at hand."""
+    from runner.data import DataError, load_splits
+    from runner.train import normalise
+
+    try:
+        split = load_splits(config.task, config.data, root / "data").test
+        x, _ = split.get_batch(np.arange(min(VERIFY_PATCHES, len(split))))
+        return normalise(x.float() / 255.0)
+    except DataError:
+        from equiv.checks import smooth_images
+
+        return smooth_images(VERIFY_PATCHES, input_size(config))
+
+
+# ---- writing and checking the two copies -----------------------------------------------------------------------
+
+def write_verified(model: torch.nn.Module, config: JobConfig, x: torch.Tensor, folder: Path) -> dict[str, Any]:
+    """Write model.pt2 and model.onnx into `folder`, check them, and return model.json's measured sections."""
+    import equiv
+
+    plain = equiv.export_eval(model)
+    with torch.no_grad():
+        reference = model(x)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(plain, (x[:2],), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(folder / artifact.PT2_FILE))
+    with contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):  # it prints progress and notes
+        onnx_program = torch.onnx.export(plain, (x[:2],), dynamo=True, dynamic_shapes=({0: batch},),
+                                         input_names=["image"], output_names=["logits"], verbose=False)
+    onnx_program.save(str(folder / artifact.ONNX_FILE))
+    reloaded = torch.export.load(str(folder / artifact.PT2_FILE)).module()
+    with torch.no_grad():
+        pt2_error = _relative(reloaded(x), reference)
+    onnx_error = _relative(torch.from_numpy(_run_onnx(folder / artifact.ONNX_FILE, x)), reference)
+    worst = max(pt2_error, onnx_error)
+    if not worst <= AGREEMENT_TOLERANCE:
+        raise VerificationError(f"exported copies differ from the trained model by {worst:.2e} (pt2 {pt2_error:.2e}, "
+                          f"onnx {onnx_error:.2e}; allowed {AGREEMENT_TOLERANCE:g}); nothing was written")
+    symmetry = symmetry_of(reloaded, config, x)
+    return {"verification": {"patches": len(x), "pt2_max_relative_difference": pt2_error,
+                             "onnx_max_relative_difference": onnx_error, "tolerance": AGREEMENT_TOLERANCE},
+            "symmetry": symmetry}
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    from equiv.checks import relative_error
+
+    return relative_error(a.float(), b.float())
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def symmetry_of(module: torch.nn.Module, config: JobConfig, x: torch.Tensor) -> dict[str, Any]:
+    """Errors of the exported model under its own group's grid elements and under all eight rot90/flips."""
+    from equiv.checks import equivariance_errors, invariance_errors
+    from equiv.groups import parse_group
+
+    measure = invariance_errors if config.task == "classification" else equivariance_errors
+    own = measure(module, x, parse_group(config.model.group, config.model.max_frequency))
+    grid = measure(module, x, parse_group("D4"))
+    own_error = max(own.values())
+    if not own_error <= SYMMETRY_TOLERANCE:
+        raise VerificationError(f"the exported model lost its {config.model.group} symmetry (error {own_error:.2e}, "
+                          f"allowed {SYMMETRY_TOLERANCE:g}); nothing was written")
+    return {"kind": "invariant" if config.task == "classification" else "equivariant",
+            "own_group_error": own_error, "grid_errors": grid, "tolerance": SYMMETRY_TOLERANCE,
+            "exact_elements": [name for name, error in grid.items() if error <= SYMMETRY_TOLERANCE]}
+
+
+# ---- model.json ------------------------------------------------------------------------------------------------
+
+def describe_job(request: ExportRequest, job: JobModel, config: JobConfig) -> dict[str, Any]:
+    """What a user of the artifact needs besides the measurements: input, scale, classes, where it came from."""
+    from runner.provenance import git_state
+
+    db = Database(request.db_url, create=False)
+    _, final = db.metrics_of(job.job_id)
+    mpp, mpp_note = scale_of(config)
+    commit, dirty = git_state(Path(__file__).resolve().parent)
+    size = input_size(config)
+    return {
+        "format_version": artifact.FORMAT_VERSION,
+        "task": config.task,
+        "class_names": CLASS_NAMES[config.task],
+        "output": "logits (N, 2): softmax gives P(class)" if config.task == "classification"
+        else "logits (N, 1, H, W): sigmoid gives P(nucleus) per pixel",
+        "input": {"size": [size, size], "channels": 3, "colour": "RGB", "dtype": "uint8",
+                  "layout": "the runtime takes float32 NCHW after normalisation"},
+        "microns_per_pixel": mpp, "microns_per_pixel_note": mpp_note,
+        "normalisation": {"scale": 1 / 255, "mean": 0.5, "std": 0.25, "formula": "(x / 255 - 0.5) / 0.25"},
+        "family": config.model.family, "group": config.model.group,
+        "job": {"id": job.job_id, "key": job.key, "label": job.label, "experiment": config.experiment,
+                "seed": config.seed},
+        "test_metrics": {m.name: m.value for m in final},
+        "provenance": {"trained": {"git_commit": job.git_commit, "git_dirty": job.git_dirty, "device": job.device,
+                                   "hostname": job.hostname,
+                                   "packages": json.loads(job.packages_json) if job.packages_json else None,
+                                   "finished_at": job.finished_at.isoformat() if job.finished_at else None},
+                       "exported": {"git_commit": commit, "git_dirty": dirty,
+                                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}},
+        "torch_version": torch.__version__,
+        "config": config.to_dict(),
+    }
+
+
+def scale_of(config: JobConfig) -> tuple[float | None, str]:
+    if config.data.source in ("pcam", "synthetic"):
+        return PCAM_MPP, ("PatchCamelyon level 2: Camelyon16 slides at 40x (0.243 um/px) downsampled 4x; "
+                          "the synthetic data imitates PCam at this scale")
+    return None, "unknown for user-supplied segmentation data; pass --mpp to whole-slide prediction"
