@@ -1,6 +1,7 @@
 """Sub-commands and exit codes. `python -m runner SPEC [key=value ...]` runs a spec; the rest inspect results.
 
-Exit codes: 0 done, 1 some job failed, 2 bad input (spec, data, database), 130 interrupted (rerun to resume).
+Exit codes (runner/exit_codes.py): 0 done, 1 some job failed, 2 bad input (spec, data, database), 3 jobs remain
+with live runners, 130 interrupted (rerun to resume).
 """
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from rich.console import Console
 from rich.table import Table
 
 from runner.db import Database, DatabaseError
+from runner.exit_codes import (  # noqa: F401  re-exported: older callers import the codes from here
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STILL_RUNNING,
+)
+from runner.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 COMMANDS = ("run", "report", "status", "show", "schema")
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -52,7 +60,9 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", parents=[common], help="tables and figures from the database")
     report.add_argument("--experiment", default=None)
     report.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
-    sub.add_parser("status", parents=[common], help="jobs by status per experiment")
+    status = sub.add_parser("status", parents=[common], help="jobs by status per experiment; who runs what")
+    status.add_argument("--stale-after", type=float, default=300.0,
+                        help="seconds without a heartbeat after which a runner on another host is presumed dead")
     show = sub.add_parser("show", parents=[common], help="one job: config, metrics, error")
     show.add_argument("job", help="job id or (a prefix of) its key")
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
@@ -128,6 +138,8 @@ def cmd_status(args) -> int:
         table.add_row(experiment, *(str(counts.get(s, 0)) for s in ("queued", "running", "done", "failed",
                                                                     "interrupted")))
     console.print(table)
+    if rows := running_rows(db, stale_after=args.stale_after):
+        console.print("running jobs:\n" + running_lines(rows))
     return EXIT_OK
 
 

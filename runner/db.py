@@ -314,16 +314,36 @@ class Database:
     def reclaim_stale(self, experiment_id: int, grace_seconds: float) -> list[str]:
         """Mark running jobs whose heartbeat (database clock) is older than the grace period as interrupted."""
         with self.session() as s:
-            now = s.scalar(select(func.now()))
-            if isinstance(now, str):
-                now = datetime.fromisoformat(now)
-            limit = now - timedelta(seconds=grace_seconds)
+            limit = _now(s) - timedelta(seconds=grace_seconds)
             stale = list(s.scalars(select(JobModel).where(
                 JobModel.experiment_id == experiment_id, JobModel.status == "running", JobModel.heartbeat_at < limit
             )))
             for job in stale:
                 job.status, job.error = "interrupted", f"worker {job.worker} stopped sending heartbeats"
             return [job.label for job in stale]
+
+    def now(self) -> datetime:
+        """The database's clock, which heartbeats are written with."""
+        with self.session() as s:
+            return _now(s)
+
+    def running(self, experiment_id: int | None = None) -> list[tuple[str, JobModel]]:
+        """(experiment name, job) for every running job, of one experiment or all."""
+        with self.session() as s:
+            query = (select(ExperimentModel.name, JobModel)
+                     .join(JobModel, JobModel.experiment_id == ExperimentModel.experiment_id)
+                     .where(JobModel.status == "running").order_by(JobModel.job_id))
+            if experiment_id is not None:
+                query = query.where(JobModel.experiment_id == experiment_id)
+            return [(name, job) for name, job in s.execute(query)]
+
+    def release(self, job_id: int, worker: str, error: str) -> bool:
+        """Mark a running job interrupted if `worker` still holds it (a claim by someone else is left alone)."""
+        with self.session() as s:
+            result = s.execute(update(JobModel).where(
+                JobModel.job_id == job_id, JobModel.worker == worker, JobModel.status == "running"
+            ).values(status="interrupted", error=error))
+            return result.rowcount == 1
 
     def set_provenance(self, job_id: int, **fields: Any) -> None:
         with self.session() as s:
@@ -397,6 +417,11 @@ class Database:
             final = list(s.scalars(select(FinalMetricModel).where(FinalMetricModel.job_id == job_id)
                                    .order_by(FinalMetricModel.name)))
         return epochs, final
+
+
+def _now(session: Session) -> datetime:
+    now = session.scalar(select(func.now()))
+    return datetime.fromisoformat(now) if isinstance(now, str) else now
 
 
 def _finite(value: float | None) -> float | None:

@@ -1,8 +1,9 @@
 """Workers: claim a job from the database, run it, record it, repeat.
 
-Every worker does the same thing whether it runs in this process or in one of `--workers N` processes. A job is
-only ever run by the process whose conditional UPDATE claimed it; a worker that dies stops sending heartbeats and
-the next worker marks its job interrupted and resumes it from its last checkpoint.
+Every worker does the same thing whether it runs in this process, in one of `--workers N` processes or in a Slurm
+array task. A job is only ever run by the process whose conditional UPDATE claimed it. When a worker dies, the next
+worker takes its job over and resumes it from its last checkpoint: at once when the dead worker ran on the same host
+(its process is gone), after `stale_after` seconds without a heartbeat when it ran elsewhere.
 """
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import checkpoint, train
+from runner import checkpoint, liveness, train
 from runner.db import Database
 from runner.device import describe, pick_device
 from runner.display import make_display
@@ -58,7 +58,17 @@ class StopFlag:
 
 
 def worker_name(index: int) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{index}"
+    return str(liveness.this_worker(index))
+
+
+def take_over_dead_here(db: Database, experiment_id: int) -> list[str]:
+    """Release running jobs whose worker ran on this host and no longer exists; returns their labels."""
+    released = []
+    for _, job in db.running(experiment_id):
+        if liveness.alive_here(job.worker) is False and db.release(
+                job.job_id, job.worker, f"worker {job.worker} on this host no longer exists"):
+            released.append(job.label)
+    return released
 
 
 def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str, int]:
@@ -68,6 +78,7 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
     device = pick_device(options.worker_index, options.device)
     counts: dict[str, int] = {}
     while not stop.is_set():
+        take_over_dead_here(db, options.experiment_id)
         db.reclaim_stale(options.experiment_id, options.stale_after)
         job = db.claim(options.experiment_id, list(options.keys), name)
         if job is None:

@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import execute
-from runner.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from runner.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STILL_RUNNING
 from runner.data import check_source
 from runner.db import Database
 from runner.grid import Job
+from runner.running_view import running_lines, running_rows
 from runner.spec import Spec
 
 @dataclass(frozen=True)
@@ -91,11 +92,16 @@ def summarise(db: Database, experiment_id: int, keys: list[str], counts: dict[st
         console.print("Some jobs failed: `python -m runner show JOB` prints the traceback; "
                       "rerun with --retry-failed after fixing the cause.")
         return EXIT_FAILED
-    busy = statuses.count("running") + statuses.count("queued") + statuses.count("interrupted")
-    if busy:
-        console.print(f"{busy} jobs are still with another runner (or were left by a stopped one); "
-                      "`python -m runner status` shows them, rerunning this spec takes over stale ones.")
-        return EXIT_OK
+    held = running_rows(db, experiment_id)
+    if held:
+        console.print(f"{len(held)} jobs are still running with other runners, so this experiment is not "
+                      "finished:\n" + running_lines(held) + "\n`python -m runner status` follows them; rerunning "
+                      "this spec takes over a job whose runner has died.")
+        return EXIT_STILL_RUNNING
+    left = statuses.count("queued") + statuses.count("interrupted")
+    if left:
+        console.print(f"{left} jobs were given back while this run ended; rerun the same command to run them.")
+        return EXIT_INTERRUPTED
     console.print("All jobs done. Next: python -m runner report")
     return EXIT_OK
 
