@@ -65,9 +65,5 @@ def postgres(session: nox.Session) -> None:
     if not (shutil.which("initdb") and shutil.which("pg_ctl")) and not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"):
         session.run("apt-get", "update", "-qq", external=True)
         session.run("apt-get", "install", "-y", "-qq", "postgresql", external=True)
-    session.run_install(
-        "uv", "sync", "--frozen", "--group", "dev", "--group", "postgres", "--inexact",
-        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
-        silent=True,
-    )
+    install(session)
     session.run("pytest", "-q", "-ra", "tests/test_db_postgres.py", *session.posargs)

@@ -21,12 +21,15 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from runner.db import (
     ArtifactModel,
+    DatabaseError,
     EpochMetricModel,
     ExperimentModel,
     FinalMetricModel,
     JobModel,
     RotationMetricModel,
+    make_engine,
 )
+from runner.db_errors import connection_problem
 
 Source = Union[str, os.PathLike, Engine]
 
@@ -56,7 +59,10 @@ def connect(source: Source) -> Engine:
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
             and not url.database.startswith("file:"):
         return _sqlite_read_only(Path(url.database))
-    return create_engine(url)
+    try:
+        return make_engine(text)
+    except DatabaseError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def describe(source: Source) -> str:
@@ -85,7 +91,7 @@ def _has_results_tables(engine: Engine) -> bool:
     try:
         names = set(inspect(engine).get_table_names())
     except SQLAlchemyError as exc:
-        raise ReportError(f"cannot read the results database {engine.url!r}: {exc}") from exc
+        raise ReportError(connection_problem(engine.url.render_as_string(hide_password=False), exc)) from None
     return {ExperimentModel.__tablename__, JobModel.__tablename__} <= names
 
 

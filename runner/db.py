@@ -30,6 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from tenacity import (
     retry,
@@ -40,6 +41,8 @@ from tenacity import (
     wait_fixed,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from runner.db_errors import bad_url, connection_problem, is_bad_url
 
 SCHEMA_VERSION = 1
 JOB_STATUSES = ("queued", "running", "done", "failed", "interrupted")
@@ -153,12 +156,30 @@ def make_engine(url: str, create: bool = True):
         if not create and not path.exists():  # connecting would create an empty file
             raise DatabaseError(f"{url} has no results yet; run a spec first: python -m runner SPEC")
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+    try:
+        engine = create_engine(_with_driver(url), connect_args=_connect_args(url))
+    except Exception as exc:
+        if is_bad_url(exc):
+            raise DatabaseError(bad_url(url, exc)) from None
+        raise
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     if url.startswith("postgresql"):
         event.listen(engine, "connect", _postgresql_utc)
     return engine
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"timeout": 60}
+    # A firewalled server would otherwise hang each command for minutes before saying anything.
+    return {"connect_timeout": 15} if url.startswith("postgresql") else {}
+
+
+def _with_driver(url: str):
+    """`postgresql://` means psycopg 3, the driver this project installs (SQLAlchemy would pick psycopg2)."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" else parsed
 
 
 def _postgresql_utc(dbapi_connection, _record) -> None:
@@ -186,7 +207,10 @@ class Database:
         self.url = url
         self.engine = make_engine(url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._check_schema(create)
+        try:
+            self._check_schema(create)
+        except OperationalError as exc:  # the first connection: server down, credentials, missing database
+            raise DatabaseError(connection_problem(url, exc)) from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
