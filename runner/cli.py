@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from runner.cluster import ClusterError, ClusterProfile, read_profile
 from runner.db import Database, DatabaseError
 from runner.exit_codes import (  # noqa: F401  re-exported: older callers import the codes from here
     EXIT_BAD_INPUT,
@@ -50,13 +51,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="a TOML spec, e.g. specs/d4_grid.toml")
     run.add_argument("overrides", nargs="*", help="dotted KEY=VALUE applied before expansion, e.g. train.epochs=3")
     run.add_argument("--dry-run", action="store_true", help="print the job table and write nothing")
-    run.add_argument("--workers", type=int, default=1, help="jobs run in parallel (one per GPU where there are several)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="jobs run in parallel (one per GPU where there are several); with Slurm: array size")
     run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                      help="where jobs train (default auto: CUDA, then MPS, then CPU); not part of a job's identity")
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument("--force", action="store_true", help="run every job again from scratch")
     run.add_argument("--stale-after", type=float, default=300.0,
                      help="seconds without a heartbeat after which a running job is taken over (default 300)")
+    add_cluster_options(run)
     report = sub.add_parser("report", parents=[common], help="tables and figures from the database")
     report.add_argument("--experiment", default=None)
     report.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
@@ -67,6 +70,23 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("job", help="job id or (a prefix of) its key")
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
     return top
+
+
+def add_cluster_options(run: argparse.ArgumentParser) -> None:
+    slurm = run.add_argument_group("Slurm (override the --cluster profile; not part of a job's identity)")
+    slurm.add_argument("--executor", choices=("local", "slurm"), default=None,
+                       help="local (default): run here; slurm: submit one job array and return")
+    slurm.add_argument("--cluster", default=None, help="cluster profile TOML with a [slurm] table (implies slurm)")
+    slurm.add_argument("--wait", action="store_true", help="follow the array until it ends; usual exit codes")
+    for flag, kind, what in (("--partition", str, "sbatch partition"), ("--gpus-per-task", int, "GPUs per task"),
+                             ("--cpus-per-task", int, "CPUs per task"), ("--mem-gb", float, "memory per task"),
+                             ("--time-min", int, "time limit per task, minutes"),
+                             ("--signal-delay-s", int, "USR2 warning this many seconds before the limit")):
+        slurm.add_argument(flag, type=kind, default=None, help=what)
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                       help="extra #SBATCH option, e.g. --sbatch=--account=lab (repeatable)")
+    slurm.add_argument("--setup", action="append", default=[], metavar="LINE",
+                       help="shell line run before the worker, e.g. 'module load cuda' (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,20 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return COMMAND_FUNCTIONS[args.command](args)
-    except (SpecError, DatabaseError) as exc:
+    except (SpecError, DatabaseError, ClusterError) as exc:
         errors.print(f"error: {exc}")
         return EXIT_BAD_INPUT
 
 
 def cmd_run(args) -> int:
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         errors.print("error: --workers must be >= 1")
         return EXIT_BAD_INPUT
     spec = read_spec(args.spec, args.overrides)  # before the heavy imports: a typo is reported at once
+    cluster = cluster_profile(args)
     # escnn's solver cache lives with the rest of the run state, so deleting the root resets everything.
     os.environ.setdefault("EQUIV_CACHE_DIR", str(Path(args.root) / "cache" / "equiv"))
     from runner.data import DataError
     from runner.device import pick_device
+    from runner.executors.slurm import SubmitError
     from runner.grid import expand
     from runner.run import RunRequest, run_spec
 
@@ -107,13 +129,32 @@ def cmd_run(args) -> int:
         return EXIT_BAD_INPUT
 
     request = RunRequest(spec=spec, jobs=tuple(expand(spec)), root=Path(args.root), db_url=db_url(args),
-                         workers=args.workers, retry_failed=args.retry_failed, force=args.force,
-                         stale_after=args.stale_after, dry_run=args.dry_run, device=args.device)
+                         workers=args.workers or 1, retry_failed=args.retry_failed, force=args.force,
+                         stale_after=args.stale_after, dry_run=args.dry_run, device=args.device,
+                         cluster=cluster, wait=args.wait)
     try:
         return run_spec(request, console)
     except DataError as exc:
         errors.print(f"error: {exc}\nNothing was run or written.")
         return EXIT_BAD_INPUT
+    except SubmitError as exc:
+        errors.print(f"error: {exc}")
+        return EXIT_BAD_INPUT
+
+
+def cluster_profile(args) -> ClusterProfile | None:
+    """The Slurm settings (profile file, then options), checked before anything is written; None: run here."""
+    if args.executor == "local" or (args.executor is None and args.cluster is None):
+        return None
+    from runner.executors.slurm import check_ready
+
+    options = {"partition": args.partition, "gpus_per_task": args.gpus_per_task, "cpus_per_task": args.cpus_per_task,
+               "mem_gb": args.mem_gb, "time_min": args.time_min, "signal_delay_s": args.signal_delay_s,
+               "workers": args.workers, "sbatch": args.sbatch, "setup": args.setup}
+    profile = read_profile(args.cluster, options)
+    if not args.dry_run:
+        check_ready(profile, db_url(args), args.cluster or "command line")
+    return profile
 
 
 def cmd_report(args) -> int:
@@ -149,6 +190,8 @@ def cmd_show(args) -> int:
     epochs, final = db.metrics_of(job.job_id)
     console.print(f"job {job.job_id} {job.key} '{job.label}': {job.status} (attempts {job.attempts}, "
                   f"device {job.device}, commit {job.git_commit}{' dirty' if job.git_dirty else ''})")
+    if job.slurm_job_id:
+        console.print(f"slurm: job {job.slurm_job_id}, array task {job.slurm_array_task_id}, node {job.slurm_node}")
     console.print_json(job.config_json)
     if final:
         console.print("final: " + ", ".join(f"{m.name}={m.value:.4g}" if m.value is not None else f"{m.name}=n/a"

@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import (
     retry,
     retry_if_exception_type,
@@ -44,7 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from runner.db_errors import bad_url, connection_problem, is_bad_url
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOB_STATUSES = ("queued", "running", "done", "failed", "interrupted")
 
 
@@ -94,6 +94,10 @@ class JobModel(BaseModel):
     device: Mapped[str | None] = mapped_column(String(64))
     hostname: Mapped[str | None] = mapped_column(String(255))
     params: Mapped[int | None] = mapped_column(Integer)
+    # Where a Slurm array task ran it (NULL outside Slurm); added in schema version 2.
+    slurm_job_id: Mapped[str | None] = mapped_column(String(64))
+    slurm_array_task_id: Mapped[int | None] = mapped_column(Integer)
+    slurm_node: Mapped[str | None] = mapped_column(String(255))
 
 
 class EpochMetricModel(BaseModel):
@@ -141,6 +145,30 @@ class ArtifactModel(BaseModel):
     name: Mapped[str] = mapped_column(String(64), nullable=False)
     media_type: Mapped[str] = mapped_column(String(64), nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+# ---- in-place migrations: MIGRATIONS[v] brings a version-v database to version v + 1 -------------------------
+
+def _add_missing_columns(engine, table: str, columns: dict[str, str]) -> None:
+    for name, sql_type in columns.items():
+        if name in {c["name"] for c in inspect(engine).get_columns(table)}:
+            continue
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+        except DBAPIError:
+            # Another runner added it a moment ago; anything else would still be missing, so raise then.
+            if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise
+
+
+def _migrate_slurm_provenance(engine) -> None:
+    """Version 1 -> 2: the Slurm job id, array task id and node that ran each job."""
+    _add_missing_columns(engine, "jobs", {"slurm_job_id": "VARCHAR(64)", "slurm_array_task_id": "INTEGER",
+                                          "slurm_node": "VARCHAR(255)"})
+
+
+MIGRATIONS = {1: _migrate_slurm_provenance}
 
 
 # ---- connection and session ------------------------------------------------------------------------------------
@@ -240,6 +268,8 @@ class Database:
                 raise DatabaseError(f"{self.url} has no results yet; run a spec first: python -m runner SPEC")
             self._create_schema()
         version = self._schema_version()
+        while version in MIGRATIONS and version < SCHEMA_VERSION:
+            version = self._migrate(version)
         if version != SCHEMA_VERSION:
             newer = (version or 0) > SCHEMA_VERSION
             raise DatabaseError(
@@ -247,6 +277,15 @@ class Database:
                 + ("Upgrade the runner (pip install -U / git pull)." if newer
                    else "Export what you need with `python -m runner report`, then start a new database with --db.")
             )
+
+    def _migrate(self, version: int) -> int:
+        """Bring the schema from `version` to the next one in place; two runners migrating at once are harmless
+        (each step adds only what is missing, and the version moves forward once)."""
+        MIGRATIONS[version](self.engine)
+        with self.session() as s:
+            s.execute(update(SchemaVersionModel).where(SchemaVersionModel.version == version)
+                      .values(version=version + 1))
+        return self._schema_version()
 
     def _create_schema(self) -> None:
         try:

@@ -39,18 +39,21 @@ class WorkerOptions:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM: the running job checkpoints at the next batch and the worker exits."""
+    """Set by SIGINT/SIGTERM (or Slurm's warning signal): the running job checkpoints at the next batch and the
+    worker exits. `signum` remembers which signal asked, so a Slurm task knows to requeue itself."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.signum: int | None = None
 
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+    def install(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        for sig in signals:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame) -> None:
         if self.event.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint still holds)
+        self.signum = self.signum or signum
         self.event.set()
 
     def is_set(self) -> bool:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner import execute
+from runner.cluster import ClusterProfile
 from runner.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STILL_RUNNING
 from runner.data import check_source
 from runner.db import Database
@@ -31,6 +32,8 @@ class RunRequest:
     stale_after: float = 300.0
     dry_run: bool = False
     device: str = "auto"
+    cluster: ClusterProfile | None = None  # set: submit a Slurm job array instead of running here
+    wait: bool = False  # with `cluster`: follow the array until it ends
 
 
 def run_spec(request: RunRequest, console: Console) -> int:
@@ -53,8 +56,22 @@ def run_spec(request: RunRequest, console: Console) -> int:
         return EXIT_OK
     options = execute.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
                                     keys=tuple(keys), stale_after=request.stale_after, device=request.device)
+    if request.cluster is not None:
+        return on_slurm(request, options, db, keys, console)
     counts = execute.run_jobs(options, request.workers, total=len(todo))
     return summarise(db, experiment_id, keys, counts, console)
+
+
+def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, keys: list[str],
+             console: Console) -> int:
+    from runner.executors import slurm
+
+    submission = slurm.submit(slurm.absolute(options), request.cluster, request.spec.name)
+    console.print(slurm.how_to_follow(submission, request.db_url))
+    if not request.wait:
+        return EXIT_OK
+    slurm.follow(submission, db, options.experiment_id, keys, console)
+    return summarise(db, options.experiment_id, keys, {}, console)
 
 
 def check_sources(request: RunRequest) -> None:

@@ -15,7 +15,10 @@ def _row(experiment: str, job: JobModel, now, stale_after: float) -> tuple[str, 
     worker = liveness.parse_worker(job.worker)
     age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
     heartbeat = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} ({age:.0f} s ago)" if age is not None else "never"
-    return (experiment, str(job.job_id), job.label, job.worker or "?", worker.host if worker else "?", heartbeat,
+    host = worker.host if worker else "?"
+    if job.slurm_job_id:
+        host += f" (Slurm job {job.slurm_job_id}_{job.slurm_array_task_id})"
+    return (experiment, str(job.job_id), job.label, job.worker or "?", host, heartbeat,
             liveness.describe(job.worker, age, stale_after))
 
 

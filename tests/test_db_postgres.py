@@ -22,6 +22,7 @@ from tests.test_db import (  # noqa: F401  collected again here, with the Postgr
     test_claim_takes_each_job_once,
     test_concurrent_processes_never_claim_the_same_job,
     test_epoch_records_replace_a_redone_epoch,
+    test_a_version_1_database_is_migrated_in_place_keeping_its_jobs,
     test_find_job_by_prefix,
     test_missing_database_for_reading,
     test_schema_version_mismatch_is_refused,
