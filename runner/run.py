@@ -70,7 +70,11 @@ def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, 
     console.print(slurm.how_to_follow(submission, request.db_url))
     if not request.wait:
         return EXIT_OK
-    slurm.follow(submission, db, options.experiment_id, keys, console)
+    try:
+        slurm.follow(submission, db, options.experiment_id, keys, console)
+    except KeyboardInterrupt:
+        console.print(f"Stopped following; the array goes on (scancel {submission.job_id} cancels it).")
+        return EXIT_INTERRUPTED
     return summarise(db, options.experiment_id, keys, {}, console)
 
 
