@@ -5,7 +5,7 @@ Nothing touches the database or the disk until the spec and every data source it
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -13,9 +13,9 @@ from rich.table import Table
 
 from runner import execute
 from runner.cluster import ClusterProfile
-from runner.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STILL_RUNNING
 from runner.data import check_source
 from runner.db import Database
+from runner.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STILL_RUNNING
 from runner.grid import Job
 from runner.running_view import running_lines, running_rows
 from runner.spec import Spec
@@ -57,16 +57,17 @@ def run_spec(request: RunRequest, console: Console) -> int:
     options = execute.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
                                     keys=tuple(keys), stale_after=request.stale_after, device=request.device)
     if request.cluster is not None:
-        return on_slurm(request, options, db, keys, console)
+        return on_slurm(request, options, db, keys, len(todo), console)
     counts = execute.run_jobs(options, request.workers, total=len(todo))
     return summarise(db, experiment_id, keys, counts, console)
 
 
-def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, keys: list[str],
+def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, keys: list[str], todo: int,
              console: Console) -> int:
     from runner.executors import slurm
 
-    submission = slurm.submit(slurm.absolute(options), request.cluster, request.spec.name)
+    profile = replace(request.cluster, workers=min(request.cluster.workers, todo))  # no task without a job
+    submission = slurm.submit(slurm.absolute(options), profile, request.spec.name)
     console.print(slurm.how_to_follow(submission, request.db_url))
     if not request.wait:
         return EXIT_OK

@@ -142,3 +142,10 @@ def test_preempted_twice_requeues_resumes_and_matches_an_uninterrupted_run(clust
     assert job_state(db_url)[:2] == ("done", 3)
     assert final_metrics(db_url) == expected
     assert "requeueing Slurm task" in (tmp_path / "runs" / "slurm" / f"{array}_0_log.out").read_text()
+
+
+def test_a_submission_slurm_refuses_is_bad_input_with_its_reason(cluster, db_url, tmp_path):  # noqa: F811
+    done = runner(str(write(tmp_path, TINY)), "--root", str(tmp_path / "runs"), "--db", db_url, *SLURM,
+                  "--partition", "nosuch", env=cluster)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "sbatch refused the array" in done.stderr and "partition" in done.stderr.lower()

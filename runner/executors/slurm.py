@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from runner.cluster import ClusterError, ClusterProfile
 from runner.db import Database
@@ -80,7 +81,8 @@ def submit(options: WorkerOptions, profile: ClusterProfile, name: str) -> Submis
     try:
         jobs = executor.map_array(task_main, [options] * profile.workers)
     except Exception as exc:  # noqa: BLE001 - submitit raises sbatch's failure under several types
-        raise SubmitError(f"sbatch refused the array: {str(exc).strip().splitlines()[-1]}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise SubmitError(f"sbatch refused the array: {reason}") from None
     return Submission(job_id=jobs[0].job_id.split("_")[0], folder=folder, tasks=profile.workers)
 
 
@@ -98,6 +100,7 @@ def sbatch_parameters(profile: ClusterProfile, name: str) -> dict:
 
 
 def how_to_follow(submission: Submission, db_url: str) -> str:
+    db_url = make_url(db_url).render_as_string(hide_password=True)  # logs and terminals keep no password
     return "\n".join([
         f"Submitted Slurm job array {submission.job_id} ({submission.tasks} tasks).",
         f"  logs:    {submission.log('<task>')} (task 0: {submission.log(0)})" if submission.tasks > 1 else
