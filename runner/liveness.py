@@ -30,7 +30,10 @@ def process_start(pid: int) -> int | None:
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may contain spaces: count fields after the last ')'.
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # a zombie has exited; only its parent has not collected it yet
+        return None
+    return int(fields[19])
 
 
 def this_worker(index: int) -> WorkerId:

@@ -5,6 +5,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,19 @@ from tests.test_e2e import TINY, write
 CONFIG = {"model": {"family": "cnn", "group": "trivial"}, "seed": 0}
 HERE = socket.gethostname()
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc"), reason="process start times come from /proc")
+
+
+@linux_only
+def test_an_exited_but_uncollected_process_is_dead():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{proc.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.05)
+        assert liveness.process_start(proc.pid) is None
+    finally:
+        proc.wait()
 
 
 def dead_pid() -> int:
