@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument("--force", action="store_true", help="run every job again from scratch")
     run.add_argument("--stale-after", type=float, default=300.0,
-                     help="seconds without a heartbeat after which a running job is taken over (default 300)")
+                     help="seconds without a heartbeat after which a job running on another host is taken over "
+                          "(default 300); a dead runner on this host loses its job at once")
     add_cluster_options(run)
     report = sub.add_parser("report", parents=[common], help="tables and figures from the database")
     report.add_argument("--experiment", default=None)
