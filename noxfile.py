@@ -65,11 +65,7 @@ def postgres(session: nox.Session) -> None:
     if not (shutil.which("initdb") and shutil.which("pg_ctl")) and not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"):
         session.run("apt-get", "update", "-qq", external=True)
         session.run("apt-get", "install", "-y", "-qq", "postgresql", external=True)
-    session.run_install(
-        "uv", "sync", "--frozen", "--group", "dev", "--group", "postgres", "--inexact",
-        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
-        silent=True,
-    )
+    install(session)
     session.run("pytest", "-q", "-ra", "tests/test_db_postgres.py", *session.posargs)
 
 
@@ -79,3 +75,23 @@ def gpu(session: nox.Session) -> None:
     jobs packed on a GPU. Writes runs/gpu/gpu_check.{json,md}; `nox -s gpu -- --cpu-smoke` tries it on the CPU."""
     install(session)
     session.run("python", "tests/gpu/gpu_check.py", "--out", "runs/gpu", *session.posargs)
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """Job arrays on a real one-node Slurm cluster (tests/slurm_cluster.py) with a real PostgreSQL server.
+
+    Installs Debian's slurm-wlm, munge and postgresql when missing (needs root, as slurmd does). Bounded: the
+    whole session stops after 20 minutes.
+    """
+    wanted = [package for package, binary in (("slurm-wlm", "slurmctld"), ("munge", "munged"))
+              if shutil.which(binary) is None]
+    if not (shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")):
+        wanted.append("postgresql")
+    if wanted:
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", *wanted, external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    install(session)
+    session.run("timeout", "1200", "python", "-m", "pytest", "-q", "-ra", "-s", "-m", "slurm", "tests/test_slurm.py",
+                *session.posargs, external=True)

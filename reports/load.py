@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from runner.db import (
     ArtifactModel,
+    DatabaseError,
     EpochMetricModel,
     ExperimentModel,
     FinalMetricModel,
@@ -29,7 +30,9 @@ from runner.db import (
     RungModel,
     TrialJobModel,
     TrialModel,
+    make_engine,
 )
+from runner.db_errors import connection_problem
 
 Source = Union[str, os.PathLike, Engine]
 
@@ -60,7 +63,10 @@ def connect(source: Source) -> Engine:
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
             and not url.database.startswith("file:"):
         return _sqlite_read_only(Path(url.database))
-    return create_engine(url)
+    try:
+        return make_engine(text)
+    except DatabaseError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def describe(source: Source) -> str:
@@ -89,7 +95,7 @@ def _has_tables(engine: Engine, *models: Any) -> bool:
     try:
         names = set(inspect(engine).get_table_names())
     except SQLAlchemyError as exc:
-        raise ReportError(f"cannot read the results database {engine.url!r}: {exc}") from exc
+        raise ReportError(connection_problem(engine.url.render_as_string(hide_password=False), exc)) from None
     return {model.__tablename__ for model in models} <= names
 
 

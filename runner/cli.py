@@ -1,6 +1,7 @@
 """Sub-commands and exit codes. `python -m runner SPEC [key=value ...]` runs a spec; the rest inspect results.
 
-Exit codes: 0 done, 1 some job failed, 2 bad input (spec, data, database), 130 interrupted (rerun to resume).
+Exit codes (runner/exit_codes.py): 0 done, 1 some job failed, 2 bad input (spec, data, database), 3 jobs remain
+with live runners, 130 interrupted (rerun to resume).
 """
 from __future__ import annotations
 
@@ -13,10 +14,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from runner.db import Database, DatabaseError
+from runner.cluster import ClusterError, ClusterProfile, read_profile
+from runner.db import JOB_STATUSES, Database, DatabaseError
+from runner.exit_codes import (  # noqa: F401  re-exported: older callers import the codes from here
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STILL_RUNNING,
+)
+from runner.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve")
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -42,17 +51,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="a TOML spec, e.g. specs/d4_grid.toml")
     run.add_argument("overrides", nargs="*", help="dotted KEY=VALUE applied before expansion, e.g. train.epochs=3")
     run.add_argument("--dry-run", action="store_true", help="print the job table and write nothing")
-    run.add_argument("--workers", type=int, default=1, help="jobs run in parallel (one per GPU where there are several)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="jobs run in parallel (one per GPU where there are several); with Slurm: array size")
     run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                      help="where jobs train (default auto: CUDA, then MPS, then CPU); not part of a job's identity")
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument("--force", action="store_true", help="run every job again from scratch")
     run.add_argument("--stale-after", type=float, default=300.0,
-                     help="seconds without a heartbeat after which a running job is taken over (default 300)")
+                     help="seconds without a heartbeat after which a job running on another host is taken over "
+                          "(default 300); a dead runner on this host loses its job at once")
+    add_cluster_options(run)
     report = sub.add_parser("report", parents=[common], help="tables and figures from the database")
     report.add_argument("--experiment", default=None)
     report.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
-    sub.add_parser("status", parents=[common], help="jobs by status per experiment")
+    status = sub.add_parser("status", parents=[common], help="jobs by status per experiment; who runs what")
+    status.add_argument("--stale-after", type=float, default=300.0,
+                        help="seconds without a heartbeat after which a runner on another host is presumed dead")
     show = sub.add_parser("show", parents=[common], help="one job: config, metrics, error")
     show.add_argument("job", help="job id or (a prefix of) its key")
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
@@ -60,6 +74,23 @@ def parser() -> argparse.ArgumentParser:
 
     add_parsers(sub, common)
     return top
+
+
+def add_cluster_options(run: argparse.ArgumentParser) -> None:
+    slurm = run.add_argument_group("Slurm (override the --cluster profile; not part of a job's identity)")
+    slurm.add_argument("--executor", choices=("local", "slurm"), default=None,
+                       help="local (default): run here; slurm: submit one job array and return")
+    slurm.add_argument("--cluster", default=None, help="cluster profile TOML with a [slurm] table (implies slurm)")
+    slurm.add_argument("--wait", action="store_true", help="follow the array until it ends; usual exit codes")
+    for flag, kind, what in (("--partition", str, "sbatch partition"), ("--gpus-per-task", int, "GPUs per task"),
+                             ("--cpus-per-task", int, "CPUs per task"), ("--mem-gb", float, "memory per task"),
+                             ("--time-min", int, "time limit per task, minutes"),
+                             ("--signal-delay-s", int, "USR2 warning this many seconds before the limit")):
+        slurm.add_argument(flag, type=kind, default=None, help=what)
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                       help="extra #SBATCH option, e.g. --sbatch=--account=lab (repeatable)")
+    slurm.add_argument("--setup", action="append", default=[], metavar="LINE",
+                       help="shell line run before the worker, e.g. 'module load cuda' (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,20 +107,22 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return COMMAND_FUNCTIONS[args.command](args)
-    except (SpecError, DatabaseError) as exc:
+    except (SpecError, DatabaseError, ClusterError) as exc:
         errors.print(f"error: {exc}")
         return EXIT_BAD_INPUT
 
 
 def cmd_run(args) -> int:
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         errors.print("error: --workers must be >= 1")
         return EXIT_BAD_INPUT
     spec = read_spec(args.spec, args.overrides)  # before the heavy imports: a typo is reported at once
+    cluster = cluster_profile(args)
     # escnn's solver cache lives with the rest of the run state, so deleting the root resets everything.
     os.environ.setdefault("EQUIV_CACHE_DIR", str(Path(args.root) / "cache" / "equiv"))
     from runner.data import DataError
     from runner.device import pick_device
+    from runner.executors.slurm import SubmitError
     from runner.grid import expand
     from runner.run import RunRequest, run_spec
 
@@ -100,13 +133,32 @@ def cmd_run(args) -> int:
         return EXIT_BAD_INPUT
 
     request = RunRequest(spec=spec, jobs=tuple(expand(spec)), root=Path(args.root), db_url=db_url(args),
-                         workers=args.workers, retry_failed=args.retry_failed, force=args.force,
-                         stale_after=args.stale_after, dry_run=args.dry_run, device=args.device)
+                         workers=args.workers or 1, retry_failed=args.retry_failed, force=args.force,
+                         stale_after=args.stale_after, dry_run=args.dry_run, device=args.device,
+                         cluster=cluster, wait=args.wait)
     try:
         return run_spec(request, console)
     except DataError as exc:
         errors.print(f"error: {exc}\nNothing was run or written.")
         return EXIT_BAD_INPUT
+    except SubmitError as exc:
+        errors.print(f"error: {exc}")
+        return EXIT_BAD_INPUT
+
+
+def cluster_profile(args) -> ClusterProfile | None:
+    """The Slurm settings (profile file, then options), checked before anything is written; None: run here."""
+    if args.executor == "local" or (args.executor is None and args.cluster is None):
+        return None
+    from runner.executors.slurm import check_ready
+
+    options = {"partition": args.partition, "gpus_per_task": args.gpus_per_task, "cpus_per_task": args.cpus_per_task,
+               "mem_gb": args.mem_gb, "time_min": args.time_min, "signal_delay_s": args.signal_delay_s,
+               "workers": args.workers, "sbatch": args.sbatch, "setup": args.setup}
+    profile = read_profile(args.cluster, options)
+    if not args.dry_run:
+        check_ready(profile, db_url(args), args.cluster or "command line")
+    return profile
 
 
 def cmd_report(args) -> int:
@@ -125,12 +177,13 @@ def cmd_report(args) -> int:
 def cmd_status(args) -> int:
     db = Database(db_url(args), create=False)
     table = Table(title=f"jobs in {db.url}")
-    for column in ("experiment", "queued", "running", "done", "failed", "interrupted"):
+    for column in ("experiment", *JOB_STATUSES):
         table.add_column(column)
     for experiment, counts in db.status_counts():
-        table.add_row(experiment, *(str(counts.get(s, 0)) for s in ("queued", "running", "done", "failed",
-                                                                    "interrupted")))
+        table.add_row(experiment, *(str(counts.get(s, 0)) for s in JOB_STATUSES))
     console.print(table)
+    if rows := running_rows(db, stale_after=args.stale_after):
+        console.print("running jobs:\n" + running_lines(rows))
     return EXIT_OK
 
 
@@ -140,6 +193,8 @@ def cmd_show(args) -> int:
     epochs, final = db.metrics_of(job.job_id)
     console.print(f"job {job.job_id} {job.key} '{job.label}': {job.status} (attempts {job.attempts}, "
                   f"device {job.device}, commit {job.git_commit}{' dirty' if job.git_dirty else ''})")
+    if job.slurm_job_id:
+        console.print(f"slurm: job {job.slurm_job_id}, array task {job.slurm_array_task_id}, node {job.slurm_node}")
     console.print_json(job.config_json)
     if final:
         console.print("final: " + ", ".join(f"{m.name}={m.value:.4g}" if m.value is not None else f"{m.name}=n/a"

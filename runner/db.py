@@ -31,7 +31,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import (
     retry,
     retry_if_exception_type,
@@ -42,7 +43,9 @@ from tenacity import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-SCHEMA_VERSION = 2
+from runner.db_errors import bad_url, connection_problem, is_bad_url
+
+SCHEMA_VERSION = 3
 JOB_STATUSES = ("queued", "running", "done", "failed", "interrupted", "pruned")
 FINISHED = ("done", "failed", "pruned")  # final: a rerun does not resume these (--retry-failed / --force do)
 
@@ -93,6 +96,10 @@ class JobModel(BaseModel):
     device: Mapped[str | None] = mapped_column(String(64))
     hostname: Mapped[str | None] = mapped_column(String(255))
     params: Mapped[int | None] = mapped_column(Integer)
+    # Where a Slurm array task ran it (NULL outside Slurm); added in schema version 2.
+    slurm_job_id: Mapped[str | None] = mapped_column(String(64))
+    slurm_array_task_id: Mapped[int | None] = mapped_column(Integer)
+    slurm_node: Mapped[str | None] = mapped_column(String(255))
 
 
 class EpochMetricModel(BaseModel):
@@ -208,6 +215,35 @@ class StudySnapshot:
     rungs: tuple[tuple, ...]
 
 
+# ---- in-place migrations: MIGRATIONS[v] brings a version-v database to version v + 1 -------------------------
+
+def _add_missing_columns(engine, table: str, columns: dict[str, str]) -> None:
+    for name, sql_type in columns.items():
+        if name in {c["name"] for c in inspect(engine).get_columns(table)}:
+            continue
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+        except DBAPIError:
+            # Another runner added it a moment ago; anything else would still be missing, so raise then.
+            if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise
+
+
+def _migrate_slurm_provenance(engine) -> None:
+    """Version 1 -> 2: the Slurm job id, array task id and node that ran each job."""
+    _add_missing_columns(engine, "jobs", {"slurm_job_id": "VARCHAR(64)", "slurm_array_task_id": "INTEGER",
+                                          "slurm_node": "VARCHAR(255)"})
+
+
+def _migrate_study_tables(engine) -> None:
+    """Version 2 -> 3: the study tables (trials, trial_jobs, rungs); the status 'pruned' needs no change."""
+    BaseModel.metadata.create_all(engine)  # creates only the tables that are missing
+
+
+MIGRATIONS = {1: _migrate_slurm_provenance, 2: _migrate_study_tables}
+
+
 # ---- connection and session ------------------------------------------------------------------------------------
 
 class DatabaseError(Exception):
@@ -221,12 +257,30 @@ def make_engine(url: str, create: bool = True):
         if not create and not path.exists():  # connecting would create an empty file
             raise DatabaseError(f"{url} has no results yet; run a spec first: python -m runner SPEC")
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {})
+    try:
+        engine = create_engine(_with_driver(url), connect_args=_connect_args(url))
+    except Exception as exc:
+        if is_bad_url(exc):
+            raise DatabaseError(bad_url(url, exc)) from None
+        raise
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     if url.startswith("postgresql"):
         event.listen(engine, "connect", _postgresql_utc)
     return engine
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"timeout": 60}
+    # A firewalled server would otherwise hang each command for minutes before saying anything.
+    return {"connect_timeout": 15} if url.startswith("postgresql") else {}
+
+
+def _with_driver(url: str):
+    """`postgresql://` means psycopg 3, the driver this project installs (SQLAlchemy would pick psycopg2)."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" else parsed
 
 
 def _postgresql_utc(dbapi_connection, _record) -> None:
@@ -254,7 +308,10 @@ class Database:
         self.url = url
         self.engine = make_engine(url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._check_schema(create)
+        try:
+            self._check_schema(create)
+        except OperationalError as exc:  # the first connection: server down, credentials, missing database
+            raise DatabaseError(connection_problem(url, exc)) from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -284,8 +341,8 @@ class Database:
                 raise DatabaseError(f"{self.url} has no results yet; run a spec first: python -m runner SPEC")
             self._create_schema()
         version = self._schema_version()
-        if version == 1 and create:
-            version = self._migrate_1_to_2()
+        while version in MIGRATIONS and version < SCHEMA_VERSION:
+            version = self._migrate(version)
         if version != SCHEMA_VERSION:
             newer = (version or 0) > SCHEMA_VERSION
             raise DatabaseError(
@@ -293,6 +350,15 @@ class Database:
                 + ("Upgrade the runner (pip install -U / git pull)." if newer
                    else "Export what you need with `python -m runner report`, then start a new database with --db.")
             )
+
+    def _migrate(self, version: int) -> int:
+        """Bring the schema from `version` to the next one in place; two runners migrating at once are harmless
+        (each step adds only what is missing, and the version moves forward once)."""
+        MIGRATIONS[version](self.engine)
+        with self.session() as s:
+            s.execute(update(SchemaVersionModel).where(SchemaVersionModel.version == version)
+                      .values(version=version + 1))
+        return self._schema_version()
 
     def _create_schema(self) -> None:
         try:
@@ -304,14 +370,6 @@ class Database:
             # Another runner created the same tables at the same moment; it finishes the job, we read its result.
             if not inspect(self.engine).has_table("schema_versions"):
                 raise
-
-    def _migrate_1_to_2(self) -> int:
-        """Version 2 adds the study tables (trials, trial_jobs, rungs) and the status 'pruned'; nothing else changes,
-        so creating the missing tables is the whole migration."""
-        BaseModel.metadata.create_all(self.engine)  # creates only the tables that are missing
-        with self.session() as s:
-            s.execute(update(SchemaVersionModel).where(SchemaVersionModel.version == 1).values(version=2))
-        return 2
 
     @retry(retry=retry_if_result(lambda version: version is None), stop=stop_after_delay(30),
            wait=wait_fixed(0.2), retry_error_callback=lambda state: None)
@@ -394,16 +452,36 @@ class Database:
     def reclaim_stale(self, experiment_id: int, grace_seconds: float) -> list[str]:
         """Mark running jobs whose heartbeat (database clock) is older than the grace period as interrupted."""
         with self.session() as s:
-            now = s.scalar(select(func.now()))
-            if isinstance(now, str):
-                now = datetime.fromisoformat(now)
-            limit = now - timedelta(seconds=grace_seconds)
+            limit = _now(s) - timedelta(seconds=grace_seconds)
             stale = list(s.scalars(select(JobModel).where(
                 JobModel.experiment_id == experiment_id, JobModel.status == "running", JobModel.heartbeat_at < limit
             )))
             for job in stale:
                 job.status, job.error = "interrupted", f"worker {job.worker} stopped sending heartbeats"
             return [job.label for job in stale]
+
+    def now(self) -> datetime:
+        """The database's clock, which heartbeats are written with."""
+        with self.session() as s:
+            return _now(s)
+
+    def running(self, experiment_id: int | None = None) -> list[tuple[str, JobModel]]:
+        """(experiment name, job) for every running job, of one experiment or all."""
+        with self.session() as s:
+            query = (select(ExperimentModel.name, JobModel)
+                     .join(JobModel, JobModel.experiment_id == ExperimentModel.experiment_id)
+                     .where(JobModel.status == "running").order_by(JobModel.job_id))
+            if experiment_id is not None:
+                query = query.where(JobModel.experiment_id == experiment_id)
+            return [(name, job) for name, job in s.execute(query)]
+
+    def release(self, job_id: int, worker: str, error: str) -> bool:
+        """Mark a running job interrupted if `worker` still holds it (a claim by someone else is left alone)."""
+        with self.session() as s:
+            result = s.execute(update(JobModel).where(
+                JobModel.job_id == job_id, JobModel.worker == worker, JobModel.status == "running"
+            ).values(status="interrupted", error=error))
+            return result.rowcount == 1
 
     def set_provenance(self, job_id: int, **fields: Any) -> None:
         with self.session() as s:
@@ -543,6 +621,11 @@ def _new_job(experiment_id: int, key: str, label: str, config: dict[str, Any]) -
     return JobModel(experiment_id=experiment_id, key=key, label=label, config_json=json.dumps(config, sort_keys=True),
                     family=config["model"]["family"], group_name=config["model"]["group"], seed=config["seed"],
                     status="queued")
+
+
+def _now(session: Session) -> datetime:
+    now = session.scalar(select(func.now()))
+    return datetime.fromisoformat(now) if isinstance(now, str) else now
 
 
 def _finite(value: float | None) -> float | None:

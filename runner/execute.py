@@ -1,8 +1,9 @@
 """Workers: claim a job from the database, run it, record it, repeat.
 
-Every worker does the same thing whether it runs in this process or in one of `--workers N` processes. A job is
-only ever run by the process whose conditional UPDATE claimed it; a worker that dies stops sending heartbeats and
-the next worker marks its job interrupted and resumes it from its last checkpoint.
+Every worker does the same thing whether it runs in this process, in one of `--workers N` processes or in a Slurm
+array task. A job is only ever run by the process whose conditional UPDATE claimed it. When a worker dies, the next
+worker takes its job over and resumes it from its last checkpoint: at once when the dead worker ran on the same host
+(its process is gone), after `stale_after` seconds without a heartbeat when it ran elsewhere.
 """
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import checkpoint, train
+from runner import checkpoint, liveness, train
 from runner.db import Database
 from runner.device import describe, peak_memory_mb, pick_device
 from runner.display import make_display
@@ -43,18 +43,21 @@ class WorkerOptions:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM: the running job checkpoints at the next batch and the worker exits."""
+    """Set by SIGINT/SIGTERM (or Slurm's warning signal): the running job checkpoints at the next batch and the
+    worker exits. `signum` remembers which signal asked, so a Slurm task knows to requeue itself."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.signum: int | None = None
 
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+    def install(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        for sig in signals:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame) -> None:
         if self.event.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now (the last checkpoint still holds)
+        self.signum = self.signum or signum
         self.event.set()
 
     def is_set(self) -> bool:
@@ -62,7 +65,17 @@ class StopFlag:
 
 
 def worker_name(index: int) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{index}"
+    return str(liveness.this_worker(index))
+
+
+def take_over_dead_here(db: Database, experiment_id: int) -> list[str]:
+    """Release running jobs whose worker ran on this host and no longer exists; returns their labels."""
+    released = []
+    for _, job in db.running(experiment_id):
+        if liveness.alive_here(job.worker) is False and db.release(
+                job.job_id, job.worker, f"worker {job.worker} on this host no longer exists"):
+            released.append(job.label)
+    return released
 
 
 def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str, int]:
@@ -74,6 +87,7 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
     keys = list(options.keys)
     peak = 0.0  # each job's peak starts at its own start; the worker's is the largest
     while not stop.is_set():
+        take_over_dead_here(db, options.experiment_id)
         db.reclaim_stale(options.experiment_id, options.stale_after)
         job = db.claim(options.experiment_id, keys, name)
         if job is None:

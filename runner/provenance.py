@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from importlib import metadata
@@ -32,7 +33,15 @@ def package_versions() -> str:
     return json.dumps(versions, sort_keys=True)
 
 
+def slurm_placement() -> dict[str, object]:
+    """The Slurm job id, array task id and node running this process (None outside Slurm)."""
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return {"slurm_job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID"),
+            "slurm_array_task_id": int(task) if task and task.isdigit() else None,
+            "slurm_node": os.environ.get("SLURMD_NODENAME")}
+
+
 def collect(device: str) -> dict[str, object]:
     commit, dirty = git_state(Path(__file__).resolve().parent)
     return {"git_commit": commit, "git_dirty": dirty, "packages_json": package_versions(), "device": device,
-            "hostname": socket.gethostname()}
+            "hostname": socket.gethostname(), **slurm_placement()}

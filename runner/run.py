@@ -5,17 +5,19 @@ Nothing touches the database or the disk until the spec and every data source it
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from runner import execute
-from runner.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from runner.cluster import ClusterProfile
 from runner.data import check_source
 from runner.db import FINISHED, Database
+from runner.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STILL_RUNNING
 from runner.grid import Job
+from runner.running_view import running_lines, running_rows
 from runner.spec import Spec
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class RunRequest:
     stale_after: float = 300.0
     dry_run: bool = False
     device: str = "auto"
+    cluster: ClusterProfile | None = None  # set: submit a Slurm job array instead of running here
+    wait: bool = False  # with `cluster`: follow the array until it ends
 
 
 def run_spec(request: RunRequest, console: Console) -> int:
@@ -57,7 +61,10 @@ def run_spec(request: RunRequest, console: Console) -> int:
     options = execute.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
                                     keys=tuple(keys), stale_after=request.stale_after, device=request.device,
                                     spec=request.spec if request.spec.searched else None)
-    counts = execute.run_jobs(options, request.workers, total=max(len(todo), study_size(request.spec)))
+    total = max(len(todo), study_size(request.spec))  # a study adds its jobs as it goes
+    if request.cluster is not None:
+        return on_slurm(request, options, db, keys, total, console)
+    counts = execute.run_jobs(options, request.workers, total=total)
     return summarise(db, experiment_id, spec_keys(db, experiment_id, request), counts, console)
 
 
@@ -74,6 +81,8 @@ def study_size(spec: Spec) -> int:
     """Jobs a study will have at most (for progress): trials x seeds per stream, plus the final jobs."""
     from runner.search.streams import streams
 
+    if not spec.searched:
+        return 0
     searched = sum(s.search.trials for s in streams(spec)) * len(spec.seeds)
     final = len(spec.final.seeds) * len(spec.blocks) if spec.final else 0
     return searched + final
@@ -95,6 +104,23 @@ def study_table(spec: Spec) -> Table:
         table.add_row("final", f"best by {f.select}", f"1 x {len(f.seeds)}", "none", f.select,
                       f"per {', '.join(f.per)}" + (f", {f.epochs} epochs" if f.epochs else ""))
     return table
+
+
+def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, keys: list[str], todo: int,
+             console: Console) -> int:
+    from runner.executors import slurm
+
+    profile = replace(request.cluster, workers=min(request.cluster.workers, todo))  # no task without a job
+    submission = slurm.submit(slurm.absolute(options), profile, request.spec.name)
+    console.print(slurm.how_to_follow(submission, request.db_url))
+    if not request.wait:
+        return EXIT_OK
+    try:
+        slurm.follow(submission, db, options.experiment_id, keys, console)
+    except KeyboardInterrupt:
+        console.print(f"Stopped following; the array goes on (scancel {submission.job_id} cancels it).")
+        return EXIT_INTERRUPTED
+    return summarise(db, options.experiment_id, keys, {}, console)
 
 
 def check_sources(request: RunRequest) -> None:
@@ -141,11 +167,16 @@ def summarise(db: Database, experiment_id: int, keys: list[str], counts: dict[st
         console.print("Some jobs failed: `python -m runner show JOB` prints the traceback; "
                       "rerun with --retry-failed after fixing the cause.")
         return EXIT_FAILED
-    busy = statuses.count("running") + statuses.count("queued") + statuses.count("interrupted")
-    if busy:
-        console.print(f"{busy} jobs are still with another runner (or were left by a stopped one); "
-                      "`python -m runner status` shows them, rerunning this spec takes over stale ones.")
-        return EXIT_OK
+    held = running_rows(db, experiment_id)
+    if held:
+        console.print(f"{len(held)} jobs are still running with other runners, so this experiment is not "
+                      "finished:\n" + running_lines(held) + "\n`python -m runner status` follows them; rerunning "
+                      "this spec takes over a job whose runner has died.")
+        return EXIT_STILL_RUNNING
+    left = statuses.count("queued") + statuses.count("interrupted")
+    if left:
+        console.print(f"{left} jobs were given back while this run ended; rerun the same command to run them.")
+        return EXIT_INTERRUPTED
     console.print("All jobs done. Next: python -m runner report")
     return EXIT_OK
 

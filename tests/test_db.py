@@ -5,6 +5,7 @@ import multiprocessing
 from datetime import datetime
 
 import pytest
+from sqlalchemy import inspect
 from sqlalchemy import update
 
 from runner.db import Database, DatabaseError, JobModel, SchemaVersionModel
@@ -141,3 +142,22 @@ def test_runners_creating_the_same_new_database_at_once_all_succeed(tmp_path):
         assert results == ["ok"] * 3
         with Database(url).session() as s:
             assert s.query(SchemaVersionModel).count() == 1
+
+
+def test_a_version_1_database_is_migrated_in_place_keeping_its_jobs(db_url):
+    db, experiment_id, keys = make_db(db_url)
+    with db.engine.begin() as connection:  # make it what a version-1 runner wrote
+        for column in ("slurm_job_id", "slurm_array_task_id", "slurm_node"):
+            connection.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+        for table in ("rungs", "trial_jobs", "trials"):
+            connection.exec_driver_sql(f"DROP TABLE {table}")
+        connection.exec_driver_sql("UPDATE schema_versions SET version = 1")
+    db.engine.dispose()
+    migrated = Database(db_url)
+    assert migrated._schema_version() == 3
+    assert {"trials", "trial_jobs", "rungs"} <= set(inspect(migrated.engine).get_table_names())
+    assert [j.key for j in migrated.jobs(experiment_id)] == keys
+    migrated.set_provenance(migrated.jobs(experiment_id)[0].job_id, slurm_job_id="77", slurm_array_task_id=1,
+                            slurm_node="n1")
+    assert migrated.find_job("1").slurm_node == "n1"
+    assert Database(db_url)._schema_version() == 3  # opening again changes nothing

@@ -1,6 +1,6 @@
 """tests/test_db.py's tests on a real PostgreSQL server: `--db` promises any SQLAlchemy URL, not only SQLite.
 
-`nox -s postgres` runs them; by hand: `uv run --group postgres pytest tests/test_db_postgres.py`.
+`nox -s postgres` runs them; by hand: `uv run pytest tests/test_db_postgres.py`.
 The server is RUNNER_TEST_DB_URL when set (its user needs CREATEDB: each test gets a new database, dropped after),
 else a throwaway one started here from PostgreSQL's binaries. Skipped when neither is available.
 """
@@ -14,15 +14,15 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-pytest.importorskip("psycopg", reason="psycopg is in the `postgres` dependency group; run `nox -s postgres`")
-
-from runner.db import Database  # noqa: E402
-from tests import pg_server  # noqa: E402
-from tests.test_db import (  # noqa: E402, F401  collected again here, with the PostgreSQL `db_url` below
+from runner import cli
+from runner.db import Database
+from tests import pg_server
+from tests.test_db import (  # noqa: F401  collected again here, with the PostgreSQL `db_url` below
     CONFIG,
     test_claim_takes_each_job_once,
     test_concurrent_processes_never_claim_the_same_job,
     test_epoch_records_replace_a_redone_epoch,
+    test_a_version_1_database_is_migrated_in_place_keeping_its_jobs,
     test_find_job_by_prefix,
     test_missing_database_for_reading,
     test_schema_version_mismatch_is_refused,
@@ -72,3 +72,15 @@ def test_heartbeats_compare_across_client_time_zones(db_url):
     assert reclaimer.reclaim_stale(experiment_id, grace_seconds=3600) == []
     worker.heartbeat(worker.jobs(experiment_id)[0].job_id, "w")
     assert reclaimer.reclaim_stale(experiment_id, grace_seconds=3600) == []
+
+
+def test_missing_database_and_unknown_user_are_one_line_exit_2(server_url, capsys):
+    server = make_url(server_url)
+    where = f"{server.host}:{server.port}"
+    for url, expected in ((server.set(database="no_such_db"), "createdb"),
+                          (server.set(username="no_such_user"), "refused the credentials")):
+        for argv in (["status"], ["show", "1"], ["report"]):
+            capsys.readouterr()
+            assert cli.main([*argv, "--db", url.render_as_string(hide_password=False)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and where in err and expected in err, err

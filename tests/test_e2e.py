@@ -199,7 +199,8 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path, referen
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert query(root, "select status from jobs") == [("running",)]  # a zombie until someone notices
-    assert cli.main([str(spec), "--root", str(root), "--stale-after", "0"]) == 0
+    # A plain rerun: the dead runner was on this host, so its job is taken over at once, not after 5 minutes.
+    assert cli.main([str(spec), "--root", str(root)]) == 0
     assert query(root, "select status, attempts from jobs") == [("done", 2)]
     assert final_metrics(root) == reference
 
@@ -228,7 +229,10 @@ def test_two_processes_on_one_spec_never_run_a_job_twice(tmp_path):
     spec, root = write(tmp_path, TINY.replace('group = "C4"', 'group = "flip"')), tmp_path / "runs"
     procs = [runner_process(spec, root, "train.epochs=1") for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
+    # The runner that ends first may leave the other's last job running: exit 3, naming it, not "all done".
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) in ([0, 0], [0, 3]), outputs
+    assert all("still running with other runners" in out for code, out in zip(codes, outputs) if code == 3)
     assert query(root, "select status, attempts, count(*) from jobs group by status, attempts") == [("done", 1, 4)]
 
 

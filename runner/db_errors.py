@@ -1,0 +1,50 @@
+"""A database that cannot be reached, said in one line: which server, what went wrong, what to do next.
+
+Driver messages span several lines and differ between drivers; people need the host and the next step.
+"""
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+# (pattern in the driver's message, what went wrong, what to do); the first match wins.
+PROBLEMS = (
+    (r"database \"?([^\"\s]+)\"? does not exist", "database {0!r} does not exist",
+     "create it (createdb -h {host} -p {port} {database}) or fix the name in --db"),
+    (r"password authentication failed|authentication failed|no password supplied|role \"?([^\"\s]+)\"? does not exist",
+     "the server refused the credentials", "fix the user and password in --db (or in ~/.pgpass)"),
+    (r"connection refused|could not connect|server closed the connection", "nothing answers there",
+     "start the server, or fix the host and port in --db; a firewall may block the port"),
+    (r"timeout|timed out", "the connection timed out", "check that the host is reachable from this machine"),
+    (r"resolve host|name or service not known|could not translate host name", "the host name does not resolve",
+     "fix the host in --db"),
+)
+
+
+def connection_problem(url: str, exc: BaseException) -> str:
+    """One line for a failed connection: the server (never its password), the cause, the next step."""
+    parsed = make_url(url)
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}" if parsed.host or parsed.port else \
+        parsed.render_as_string(hide_password=True)
+    message = str(getattr(exc, "orig", None) or exc)
+    for pattern, what, todo in PROBLEMS:
+        if match := re.search(pattern, message, re.IGNORECASE):
+            fields = {"host": parsed.host or "localhost", "port": parsed.port or 5432, "database": parsed.database}
+            return (f"cannot use the database server at {where}: {what.format(*match.groups())}; "
+                    f"{todo.format(**fields)}")
+    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return f"cannot use the database at {where}: {first}"
+
+
+def bad_url(url: str, exc: BaseException) -> str:
+    """One line for a URL that names no usable database driver."""
+    if isinstance(exc, ModuleNotFoundError):
+        return (f"the driver for {url.split('://')[0]!r} is not installed ({exc.name}); use sqlite:///PATH or "
+                "postgresql://USER@HOST/DB, or install that driver")
+    return f"--db {url!r} is not a database URL ({exc}); use sqlite:///PATH or postgresql://USER@HOST/DB"
+
+
+def is_bad_url(exc: BaseException) -> bool:
+    return isinstance(exc, (ArgumentError, ModuleNotFoundError))

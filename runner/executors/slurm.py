@@ -1,0 +1,174 @@
+"""Slurm: one job array through submitit; every array task runs the same worker loop as a local worker.
+
+Submitting writes the sbatch script, pickled calls and logs under ROOT/slurm/ and returns at once (or follows the
+array with --wait). On Slurm's warning signal (USR2, `signal_delay_s` before the time limit or on preemption) a task
+checkpoints at the next batch, gives its job back and requeues itself with `scontrol requeue`. The requeue decision
+is ours, not submitit's: submitit counts a job that ran under 10 minutes as timed out, not preempted (its issue
+1656), and would refuse to requeue it.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+from sqlalchemy.engine import make_url
+
+from runner.cluster import ClusterError, ClusterProfile
+from runner.db import Database
+from runner.display import PlainDisplay
+from runner.execute import StopFlag, WorkerOptions, run_worker
+
+COMMANDS = ("sbatch", "srun", "squeue", "scontrol", "scancel")
+
+
+class SubmitError(Exception):
+    """Slurm refused the array (sbatch's own message follows)."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    folder: Path
+    tasks: int
+
+    def log(self, task: int | str = 0) -> Path:
+        # submitit's names: <array>_<task>_<rank>_log.out; one task is submitted as a plain job: <job>_<rank>
+        return self.folder / (f"{self.job_id}_{task}_0_log.out" if self.tasks > 1 else f"{self.job_id}_0_log.out")
+
+
+# ---- checks before anything is written -------------------------------------------------------------------------
+
+def check_ready(profile: ClusterProfile, db_url: str, source: str) -> None:
+    """Slurm's commands on PATH, and a database every task can share; ClusterError (exit 2) otherwise."""
+    missing = [c for c in COMMANDS if shutil.which(c) is None]
+    if missing:
+        raise ClusterError(source, [("--executor slurm", f"{', '.join(missing)} not found on PATH: submit from a "
+                                     "machine with Slurm's client commands (a login node), or drop --executor")])
+    if db_url.startswith("sqlite") and not (profile.local or _only_this_host(slurm_nodes())):
+        raise ClusterError(source, [("--db", f"{db_url} is SQLite, which corrupts when tasks on other nodes write "
+                                     "it over a network file system; use a PostgreSQL server shared by the nodes "
+                                     "(--db postgresql://USER@HOST/DB), or set local = true in the [slurm] profile "
+                                     "if every task runs on this host")])
+
+
+def slurm_nodes() -> set[str]:
+    done = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=60)
+    return {line.strip() for line in done.stdout.splitlines() if line.strip()} if done.returncode == 0 else set()
+
+
+def _only_this_host(nodes: set[str]) -> bool:
+    here = {socket.gethostname(), socket.gethostname().split(".")[0], "localhost"}
+    return bool(nodes) and nodes <= here
+
+
+# ---- submitting ------------------------------------------------------------------------------------------------
+
+def submit(options: WorkerOptions, profile: ClusterProfile, name: str) -> Submission:
+    """Submit `profile.workers` array tasks, each running `task_main(options)`; returns at once."""
+    import submitit
+
+    folder = options.root / "slurm"
+    executor = submitit.SlurmExecutor(folder=folder, python=shlex.quote(profile.python))
+    executor.update_parameters(**sbatch_parameters(profile, name))
+    try:
+        jobs = executor.map_array(task_main, [options] * profile.workers)
+    except Exception as exc:  # noqa: BLE001 - submitit raises sbatch's failure under several types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise SubmitError(f"sbatch refused the array: {reason}") from None
+    return Submission(job_id=jobs[0].job_id.split("_")[0], folder=folder, tasks=profile.workers)
+
+
+def sbatch_parameters(profile: ClusterProfile, name: str) -> dict:
+    """submitit's SlurmExecutor parameters for the profile; `requeue` lets a task put itself back in the queue."""
+    params = dict(job_name=f"runner-{name}", time=profile.time_min, cpus_per_task=profile.cpus_per_task,
+                  mem=f"{round(profile.mem_gb * 1024)}M", signal_delay_s=profile.signal_delay_s,
+                  setup=list(profile.setup), array_parallelism=profile.workers, stderr_to_stdout=True,
+                  additional_parameters={"requeue": True, **profile.sbatch_parameters()})
+    if profile.partition:
+        params["partition"] = profile.partition
+    if profile.gpus_per_task:
+        params["gpus_per_task"] = profile.gpus_per_task
+    return params
+
+
+def how_to_follow(submission: Submission, db_url: str) -> str:
+    db_url = make_url(db_url).render_as_string(hide_password=True)  # logs and terminals keep no password
+    return "\n".join([
+        f"Submitted Slurm job array {submission.job_id} ({submission.tasks} tasks).",
+        f"  logs:    {submission.log('<task>')} (task 0: {submission.log(0)})" if submission.tasks > 1 else
+        f"  log:     {submission.log()}",
+        f"  follow:  squeue -j {submission.job_id}    python -m runner status --db {db_url}",
+        f"           tail -f {submission.log(0)}",
+        f"  cancel:  scancel {submission.job_id}   (running jobs checkpoint; rerun the spec to resume)",
+    ])
+
+
+# ---- following -------------------------------------------------------------------------------------------------
+
+def array_states(job_id: str) -> list[str]:
+    """The states of the array's tasks still known to Slurm (empty once all have ended)."""
+    done = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode != 0:  # "Invalid job id": ended and purged
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+
+def follow(submission: Submission, db: Database, experiment_id: int, keys: list[str], console: Console,
+           every: float = 5.0) -> None:
+    """Print progress while any task of the array is pending or running; return when all have ended."""
+    last = ""
+    while states := array_states(submission.job_id):
+        jobs = db.jobs(experiment_id, keys)
+        line = (f"array {submission.job_id}: tasks " + _tally(states) + "; jobs "
+                + _tally([j.status for j in jobs]))
+        if line != last:
+            console.print(line)
+            last = line
+        time.sleep(every)
+
+
+def _tally(items: list[str]) -> str:
+    return ", ".join(f"{items.count(x)} {x.lower()}" for x in sorted(set(items)))
+
+
+# ---- inside an array task --------------------------------------------------------------------------------------
+
+def task_main(options: WorkerOptions) -> dict[str, int]:
+    """One array task: the worker loop; on Slurm's warning signal, give the job back and requeue this task."""
+    stop = StopFlag()
+    # Installed after submitit's own handlers, so these win: submitit would requeue without checkpointing.
+    stop.install((signal.SIGINT, signal.SIGTERM, signal.SIGUSR2))
+    counts = run_worker(options, stop, PlainDisplay(len(options.keys)))
+    if stop.signum == signal.SIGUSR2 and _work_left(options):
+        requeue_this_task()
+        counts["requeued"] = 1
+    return counts
+
+
+def _work_left(options: WorkerOptions) -> bool:
+    jobs = Database(options.db_url).jobs(options.experiment_id, list(options.keys))
+    return any(j.status in ("queued", "interrupted") for j in jobs)
+
+
+def requeue_this_task() -> None:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    target = f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
+    print(f"requeueing Slurm task {target} after the warning signal", flush=True)
+    subprocess.run(["scontrol", "requeue", target], check=True, timeout=60)
+
+
+def absolute(options: WorkerOptions) -> WorkerOptions:
+    """Tasks may start in another directory: give them absolute paths."""
+    url = options.db_url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"
+    return replace(options, root=options.root.resolve(), db_url=url)
