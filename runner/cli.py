@@ -17,7 +17,7 @@ from runner.db import Database, DatabaseError
 from runner.spec import SpecError, read_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-COMMANDS = ("run", "report", "status", "show", "schema")
+COMMANDS = ("run", "report", "status", "show", "schema", "bench")
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", parents=[common], help="one job: config, metrics, error")
     show.add_argument("job", help="job id or (a prefix of) its key")
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
+    bench = sub.add_parser("bench", help="performance ratios side by side, with targets (runner.bench)")
+    bench.add_argument("--quick", action="store_true", help="smaller batches, fewer groups and rounds (minutes)")
+    bench.add_argument("--out", default="runs/bench/latest.json", help="JSON results (default runs/bench/latest.json)")
     return top
 
 
@@ -170,5 +173,14 @@ def cmd_schema(_args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    from runner import bench
+
+    results = bench.run(args.quick, Path(args.out), progress=console.print)
+    console.print(results["table"])
+    console.print(f"written to {args.out}")
+    return EXIT_OK
+
+
 COMMAND_FUNCTIONS = {"run": cmd_run, "report": cmd_report, "status": cmd_status, "show": cmd_show,
-                     "schema": cmd_schema}
+                     "schema": cmd_schema, "bench": cmd_bench}

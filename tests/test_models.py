@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -125,6 +126,15 @@ def test_blur_pool_commutes_with_grid_elements_at_any_size(height, width, turns,
     pool, element, x = BlurPool2d(), GridElement(turns, flip), torch.randn(2, 3, height, width)
     assert pool(x).shape == (2, 3, (height + 1) // 2, (width + 1) // 2)
     torch.testing.assert_close(pool(element.apply(x)), element.apply(pool(x)), rtol=0, atol=1e-6)
+
+
+def test_blur_pool_filters_each_channel_alone_with_binomial_taps_chosen_by_parity():
+    x = torch.randn(2, 5, 10, 9)
+    taps = {10: torch.tensor([1.0, 3, 3, 1]) / 8, 9: torch.tensor([1.0, 2, 1]) / 4}
+    kernel = torch.outer(taps[10], taps[9])[None, None]
+    expected = torch.cat([F.conv2d(x[:, c:c + 1], kernel, stride=2, padding=1) for c in range(5)], dim=1)
+    torch.testing.assert_close(BlurPool2d()(x), expected)
+    torch.testing.assert_close(BlurPool2d()(x.contiguous(memory_format=torch.channels_last)), expected)
 
 
 def test_blur_pool_preserves_constants_away_from_the_border():
