@@ -64,13 +64,17 @@ def table(results: dict) -> str:
     rows = []
     for row in results["models"]:
         if row["group"].startswith("trivial"):
-            rows.append(_row("plain CNN img/s vs same net with 2x2 avg pooling", row["vs_plain_avg"],
-                             "cnn_vs_plain_avg"))
+            rows.append(_row(f"plain CNN ({row['ours_img_s']:.1f} img/s) vs same net with 2x2 avg pooling "
+                             f"({row['plain_avg_img_s']:.1f})", row["vs_plain_avg"], "cnn_vs_plain_avg"))
+            rows.append(_row("plain CNN, pool=average, vs the same", row["average_vs_plain_avg"], "cnn_vs_plain_avg"))
             continue
         name = f"G-CNN {row['group']} {row['fields']} ({row['ours_img_s']:.1f} img/s)"
+        average = f"G-CNN {row['group']}, pool=average ({row['ours_average_img_s']:.1f} img/s)"
+        plain = f"same-shape plain net, 2x2 avg pooling ({row['plain_avg_img_s']:.1f})"
         rows.append(_row(f"{name} vs escnn recipe ({row['recipe_img_s']:.1f})", row["vs_recipe"], "vs_recipe"))
-        rows.append(_row(f"{name} vs same-shape plain net, 2x2 avg pooling ({row['plain_avg_img_s']:.1f})",
-                         row["vs_plain_avg"], "vs_plain_avg"))
+        rows.append(_row(f"{name} vs {plain}", row["vs_plain_avg"], "vs_plain_avg"))
+        rows.append(_row(f"{average} vs escnn recipe", row["average_vs_recipe"], "vs_recipe"))
+        rows.append(_row(f"{average} vs {plain}", row["average_vs_plain_avg"], "vs_plain_avg"))
     overhead, workers = results["overhead"], results["workers"]
     rows.append(_row(f"runner vs bare loop, same job, CPU time ({overhead['runner_s']:.1f} s vs "
                      f"{overhead['bare_s']:.1f} s; wall {overhead['wall_overhead']:.2f}x)",

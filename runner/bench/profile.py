@@ -19,7 +19,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
 import equiv
-from equiv.cnn import BlurPool2d
+from equiv.cnn import BlurPool2d, GridAvgPool2d
 from runner.data.batches import to_batch
 from runner.train import normalise, prepare
 
@@ -32,12 +32,12 @@ _BACKWARD = "autograd::engine::evaluate_function: "
 def module_kinds() -> dict[type, str]:
     """Module classes (torch and escnn) -> the kind of work they do."""
     from equiv.build_cache import load_escnn
-    from equiv.gcnn import FieldBlurPool
+    from equiv.gcnn import FieldPool
 
     enn = load_escnn().nn
     return {
         nn.Conv2d: "conv", enn.R2Conv: "conv",
-        BlurPool2d: "pooling", FieldBlurPool: "pooling", nn.AvgPool2d: "pooling",
+        BlurPool2d: "pooling", GridAvgPool2d: "pooling", FieldPool: "pooling", nn.AvgPool2d: "pooling",
         enn.PointwiseAvgPoolAntialiased2D: "pooling",
         nn.BatchNorm2d: "normalisation", enn.InnerBatchNorm: "normalisation", enn.IIDBatchNorm2d: "normalisation",
         nn.ReLU: "nonlinearity", enn.ReLU: "nonlinearity", enn.FourierELU: "nonlinearity",
