@@ -36,7 +36,7 @@ def run(quick: bool, out: Path, progress: Callable[[str], None] = print) -> dict
     job_sizes = jobs.QUICK if quick else jobs.JobSizes()
     results: dict = {"machine": machine(), "quick": quick, "sizes": {"models": asdict(speed_sizes),
                                                                       "jobs": asdict(job_sizes)}}
-    progress("model speed (training img/s, interleaved rounds, median):")
+    progress("model speed (training img/s per CPU-second on one thread, fastest of interleaved rounds):")
     results["models"] = models.model_speeds(speed_sizes, progress)
     with tempfile.TemporaryDirectory() as work:
         progress("runner overhead vs a bare loop:")

@@ -36,7 +36,7 @@ class SpeedSizes:
     threads: int = 1
 
 
-QUICK = SpeedSizes(batch=32, rounds=3, groups=("C4", "D4"))
+QUICK = SpeedSizes(batch=16, rounds=7, groups=("C4", "D4"))
 
 
 def plain_net(channels: tuple[int, ...], pool: Callable[[], nn.Module], kernel_size: int = 5) -> nn.Module:
