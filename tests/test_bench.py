@@ -64,10 +64,10 @@ def test_table_states_each_target_and_whether_it_is_met():
     }
     lines = table(results).splitlines()
     assert lines[0] == "| measure | value | target | met |"
-    assert lines[2].endswith("| 0.95x | >= 0.90x | yes |") and lines[3].endswith("| 1.00x | >= 0.90x | yes |")
-    assert "| 1.20x | >= 1.00x | yes |" in lines[4] and "| 0.92x | >= 0.95x | no |" in lines[5]
-    assert "pool=average" in lines[6] and lines[7].endswith("| 1.00x | >= 0.95x | yes |")
-    assert "| 1.02x | <= 1.03x | yes |" in lines[8] and "| 1.30x | <= 1.10x | no |" in lines[9]
+    assert lines[2].endswith("| 0.950x | >= 0.90x | yes |") and lines[3].endswith("| 1.000x | >= 0.90x | yes |")
+    assert "| 1.200x | >= 1.00x | yes |" in lines[4] and "| 0.920x | >= 0.95x | no |" in lines[5]
+    assert "pool=average" in lines[6] and lines[7].endswith("| 1.000x | >= 0.95x | yes |")
+    assert "| 1.020x | <= 1.03x | yes |" in lines[8] and "| 1.300x | <= 1.10x | no |" in lines[9]
     assert "convolution 60%, other 30%, pooling 10%" in lines[10]
     assert set(TARGETS) == {"vs_recipe", "vs_plain_avg", "cnn_vs_plain_avg", "overhead", "cpu_ratio"}
 

@@ -92,7 +92,7 @@ def table(results: dict) -> str:
 
 def _row(measure: str, value: float, target: str) -> list[str]:
     text, met = TARGETS[target]
-    return [measure, f"{value:.2f}x", text, "yes" if met(value) else "no"]
+    return [measure, f"{value:.3f}x", text, "yes" if met(value) else "no"]  # 3 decimals: 0.995x is not 1.00x
 
 
 def write_json(path: Path, results: dict) -> None:
