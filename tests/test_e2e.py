@@ -41,13 +41,14 @@ group = "C4"
 width = 4
 depth = 1
 """
-# One job, several batches per epoch, a checkpoint after every batch: room to be killed mid-epoch.
+# One job, many batches per epoch, a checkpoint after every batch: room to be killed mid-epoch (an epoch takes
+# a few tenths of a second on 2 cores, so the kill below lands inside the second one).
 RESUMABLE = """
 [experiment]
 name = "resume"
 seeds = [3]
 [data]
-train_size = 96
+train_size = 256
 valid_size = 32
 test_size = 32
 [train]
@@ -197,7 +198,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path, referen
     spec, root = write(tmp_path, RESUMABLE), tmp_path / "runs"
     proc = runner_process(spec, root)
     wait_for(lambda: epochs_recorded(root) >= 1, proc)
-    time.sleep(0.3)  # into the second epoch, between per-batch checkpoints
+    time.sleep(0.1)  # into the second epoch, between per-batch checkpoints
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert query(root, "select status from jobs") == [("running",)]  # a zombie until someone notices
