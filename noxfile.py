@@ -50,10 +50,15 @@ def browser(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: print measured numbers (speed and memory ratios live here, not in timed tests)."""
+    """Benchmarks: print measured numbers (speed and memory ratios live here, not in timed tests).
+
+    First `python -m runner bench` (one table of side-by-side ratios with their targets, also written to
+    runs/bench/latest.json; `nox -s bench -- --quick` for the short version), then tests/benchmarks/bench_*.py.
+    """
     install(session)
+    session.run("python", "-m", "runner", "bench", *session.posargs)
     for script in sorted(glob.glob("tests/benchmarks/bench_*.py")):
-        session.run("python", script, *session.posargs)
+        session.run("python", script)
 
 
 @nox.session

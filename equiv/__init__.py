@@ -24,8 +24,10 @@ __all__ = [
 FAMILIES = ("cnn", "gcnn", "unet", "gunet")
 HPARAMS: dict[str, Any] = {
     "width": 16, "depth": 3, "kernel_size": 5, "dropout": 0.0, "match": "params", "max_frequency": 3,
+    "pool": "blur",
 }
 _MATCH = ("params", "channels")
+_POOLS = ("blur", "average")  # equiv.cnn.POOLS, named here so validation needs no torch module import
 
 
 class ModelConfigError(ValueError):
@@ -38,7 +40,9 @@ def build_model(family: str, group: str, in_channels: int, num_outputs: int, **h
     Takes (B, in_channels, H, W) float tensors; classifiers return (B, num_outputs) logits. The model's `group`
     attribute is its symmetry (trivial for the plain families). hparams: width, depth, kernel_size, dropout,
     match ("params": G-CNN fields chosen to match the CNN's parameter count within 10 %, "channels": as many
-    fields as CNN channels), max_frequency (SO2/O2 band limit). Raises ModelConfigError or GroupError.
+    fields as CNN channels), max_frequency (SO2/O2 band limit), pool ("blur": anti-aliased, the default;
+    "average": 2x2 boxes on the same centred grid, as exact and cheaper; classifiers only).
+    Raises ModelConfigError or GroupError.
     """
     if family not in FAMILIES:
         raise ModelConfigError(f"unknown model family {family!r}; allowed: {', '.join(FAMILIES)}")
@@ -66,7 +70,8 @@ def _build_classifier(family: str, group: Group, in_channels: int, num_outputs: 
                       config: dict[str, Any]) -> nn.Module:
     from equiv.cnn import CNN, Architecture
 
-    arch = Architecture(config["width"], config["depth"], config["kernel_size"], float(config["dropout"]))
+    arch = Architecture(config["width"], config["depth"], config["kernel_size"], float(config["dropout"]),
+                        config["pool"])
     cnn = CNN(in_channels, num_outputs, arch)
     if family == "cnn":
         return cnn
@@ -92,6 +97,7 @@ def _validated(in_channels: int, num_outputs: int, hparams: dict[str, Any]) -> d
         "match": (config["match"], config["match"] in _MATCH, " or ".join(repr(m) for m in _MATCH)),
         "max_frequency": (config["max_frequency"], _is_int(config["max_frequency"]) and config["max_frequency"] >= 1,
                           "an integer >= 1"),
+        "pool": (config["pool"], config["pool"] in _POOLS, " or ".join(repr(p) for p in _POOLS)),
     }
     problems += [f"{key}={value!r} is not allowed; allowed: {allowed}" for key, (value, ok, allowed) in checks.items()
                  if not ok]

@@ -4,7 +4,8 @@ Finite groups (trivial, flip, C<N>, D<N>) use regular fields with inner batch no
 band-limited Fourier fields (frequencies up to `max_frequency`) with IID batch norm and a Fourier ELU sampled on
 a grid of rotations that contains the quarter turns, so rot90 and flips stay exact there too. The head is
 invariant: group pooling (max over a regular field, norm of a Fourier field), global average pooling, dropout,
-linear. Exactness on the pixel grid comes from odd kernels with symmetric padding and `BlurPool2d` (see cnn.py).
+linear. Exactness on the pixel grid comes from odd kernels with symmetric padding and grid-centred pooling
+(`BlurPool2d`, or `GridAvgPool2d` with pool="average"; see cnn.py).
 """
 from __future__ import annotations
 
@@ -19,23 +20,26 @@ import torch
 from torch import nn
 
 from equiv.build_cache import load_escnn, save_escnn_cache
-from equiv.cnn import Architecture, BlurPool2d, classifier_head
+from equiv.cnn import Architecture, classifier_head, make_pool
 from equiv.groups import Group, gspace
 from equiv.init import he_init_
+from equiv.norm import InnerBatchNorm
 
 escnn = load_escnn()
 enn = escnn.nn
 
 
-class FieldBlurPool(enn.EquivariantModule):
-    """`BlurPool2d` on every channel of a geometric tensor: a D4-symmetric spatial filter that mixes no channels."""
+class FieldPool(enn.EquivariantModule):
+    """A grid pooling of equiv.cnn (`BlurPool2d` or `GridAvgPool2d`) on every channel of a geometric tensor: a
+    D4-symmetric spatial filter that mixes no channels."""
 
-    def __init__(self, in_type: enn.FieldType) -> None:
+    def __init__(self, in_type: enn.FieldType, kind: str = "blur") -> None:
         super().__init__()
         self.space = in_type.gspace
         self.in_type = in_type
         self.out_type = in_type
-        self.pool = BlurPool2d()
+        self.kind = kind
+        self.pool = make_pool(kind)
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
         return enn.GeometricTensor(self.pool(x.tensor), self.out_type)
@@ -45,7 +49,7 @@ class FieldBlurPool(enn.EquivariantModule):
         return batch, channels, (height + 1) // 2, (width + 1) // 2
 
     def export(self) -> nn.Module:
-        return BlurPool2d()
+        return make_pool(self.kind)
 
 
 class GCNN(nn.Module):
@@ -61,7 +65,7 @@ class GCNN(nn.Module):
         self.in_type = enn.FieldType(space, in_channels * [space.trivial_repr])
         stages, current = [], self.in_type
         for count in fields:
-            stages.append(_stage(group, current, count, arch.kernel_size))
+            stages.append(_stage(group, current, count, arch.kernel_size, arch.pool))
             current = stages[-1].out_type
         self.stages = nn.ModuleList(stages)
         self.invariant = enn.NormPool(current) if group.continuous else enn.GroupPooling(current)
@@ -149,13 +153,14 @@ def _unit_params(group: Group, kernel_size: int) -> tuple[int, int, int]:
     return tuple(sum(p.numel() for p in m.parameters()) for m in (first, hidden, norm))
 
 
-def _stage(group: Group, in_type: enn.FieldType, fields: int, kernel_size: int) -> enn.SequentialModule:
+def _stage(group: Group, in_type: enn.FieldType, fields: int, kernel_size: int,
+           pool: str = "blur") -> enn.SequentialModule:
     activation = _activation(group, fields)
     hidden = activation.in_type
     # Odd kernel and symmetric padding: the convolution commutes with rot90/flips of the whole map.
     conv = enn.R2Conv(in_type, hidden, kernel_size, padding=kernel_size // 2, bias=False, initialize=False)
     he_init_(conv)
-    return enn.SequentialModule(conv, _norm(group, hidden), activation, FieldBlurPool(hidden))
+    return enn.SequentialModule(conv, _norm(group, hidden), activation, FieldPool(hidden, pool))
 
 
 def _activation(group: Group, fields: int) -> enn.EquivariantModule:
@@ -176,4 +181,4 @@ def fourier_samples(group: Group) -> int:
 
 
 def _norm(group: Group, field_type: enn.FieldType) -> enn.EquivariantModule:
-    return enn.IIDBatchNorm2d(field_type) if group.continuous else enn.InnerBatchNorm(field_type)
+    return enn.IIDBatchNorm2d(field_type) if group.continuous else InnerBatchNorm(field_type)

@@ -216,8 +216,9 @@ class _FieldKind:
         return self.nonlinearity(fields).in_type
 
     def batch_norm(self, field_type):
-        enn = _enn()
-        return enn.IIDBatchNorm2d(field_type) if self.fourier else enn.InnerBatchNorm(field_type)
+        from equiv.norm import InnerBatchNorm
+
+        return _enn().IIDBatchNorm2d(field_type) if self.fourier else InnerBatchNorm(field_type)
 
 
 class GUNet(nn.Module):

@@ -26,7 +26,7 @@ from runner.exit_codes import (  # noqa: F401  re-exported: older callers import
 from runner.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
 
-COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve")
+COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve", "bench")
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     from runner.inference.commands import add_parsers
 
     add_parsers(sub, common)
+    bench = sub.add_parser("bench", help="performance ratios side by side, with targets (runner.bench)")
+    bench.add_argument("--quick", action="store_true", help="smaller batches, fewer groups and rounds (minutes)")
+    bench.add_argument("--out", default="runs/bench/latest.json", help="JSON results (default runs/bench/latest.json)")
     return top
 
 
@@ -245,5 +248,15 @@ def cmd_inference(args) -> int:
     return commands.run(args, console, errors)
 
 
+def cmd_bench(args) -> int:
+    from runner import bench
+
+    results = bench.run(args.quick, Path(args.out), progress=console.print)
+    console.print(results["table"])
+    console.print(f"written to {args.out}")
+    return EXIT_OK
+
+
 COMMAND_FUNCTIONS = {"run": cmd_run, "report": cmd_report, "status": cmd_status, "show": cmd_show,
-                     "schema": cmd_schema, "export": cmd_inference, "predict": cmd_inference, "serve": cmd_inference}
+                     "schema": cmd_schema, "export": cmd_inference, "predict": cmd_inference, "serve": cmd_inference,
+                     "bench": cmd_bench}

@@ -1,5 +1,8 @@
-"""Where a job runs: CUDA when present (one GPU per worker), then Apple's MPS, else the CPU."""
+"""Where a job runs: CUDA when present (workers share GPUs round-robin), then Apple's MPS, else the CPU; and how
+many CPU threads each of several workers on one machine may use."""
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -48,3 +51,25 @@ def peak_memory_mb(device: torch.device) -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
     except ImportError:  # Windows
         return float("nan")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (which taskset and containers narrow), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """N workers on one machine divide its cores; each starting a full set of threads costs 1.6x the CPU time."""
+    return max(1, usable_cores() // max(1, workers))
+
+
+def limit_threads(threads: int) -> None:
+    """Cap this process's torch threads (intra-op and inter-op); call it before the first parallel operation."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already started (e.g. in-process reuse): the intra-op cap still holds
+        pass

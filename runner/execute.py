@@ -18,9 +18,11 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from runner import checkpoint, liveness, train
 from runner.db import Database
-from runner.device import describe, peak_memory_mb, pick_device
+from runner.device import describe, limit_threads, peak_memory_mb, pick_device, threads_per_worker
 from runner.display import make_display
 from runner.grid import config_from_dict
 from runner.provenance import collect
@@ -40,6 +42,7 @@ class WorkerOptions:
     worker_index: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     spec: Spec | None = None  # set for a study: idle workers ask runner.search for new trials and final jobs
+    threads: int = 0  # torch CPU threads of this worker; 0 keeps torch's default (every core)
 
 
 class StopFlag:
@@ -102,8 +105,8 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
         counts["stopped"] = 1  # asked to stop: jobs may be left queued
     if display and counts:
         # Workers may share a GPU (--workers above the GPU count): what each needed says how many fit.
-        display.console.print(f"worker {options.worker_index} on {describe(device)}: {sum(counts.values())} jobs, "
-                              f"peak memory {peak:.0f} MiB")
+        display.console.print(f"worker {options.worker_index} on {describe(device)} ({torch.get_num_threads()} CPU "
+                              f"threads): {sum(counts.values())} jobs, peak memory {peak:.0f} MiB")
     return counts
 
 
@@ -216,8 +219,10 @@ def run_jobs(options: WorkerOptions, workers: int, total: int) -> dict[str, int]
 
 def _run_processes(options: WorkerOptions, workers: int, stop: StopFlag) -> dict[str, int]:
     context = multiprocessing.get_context("spawn")  # fork would copy CUDA state and open database handles
+    threads = options.threads or threads_per_worker(workers)
     with context.Pool(workers) as pool:
-        pending = [pool.apply_async(_process_main, (WorkerOptions(**{**vars(options), "worker_index": i}),))
+        pending = [pool.apply_async(_process_main, (WorkerOptions(**{**vars(options), "worker_index": i,
+                                                                     "threads": threads}),))
                    for i in range(workers)]
         while not all(p.ready() for p in pending):
             time.sleep(0.5)
@@ -233,6 +238,8 @@ def _run_processes(options: WorkerOptions, workers: int, stop: StopFlag) -> dict
 
 
 def _process_main(options: WorkerOptions) -> dict[str, int]:
+    if options.threads:
+        limit_threads(options.threads)
     stop = StopFlag()
     stop.install()
     from runner.display import PlainDisplay

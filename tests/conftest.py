@@ -12,6 +12,12 @@ from hypothesis import HealthCheck, settings
 
 warnings.filterwarnings("ignore", message=".*py3nj.*")
 
+# escnn's solver memo is process-wide and finds its folder when escnn first loads, while `python -m runner` run
+# in-process sets EQUIV_CACHE_DIR to its root (setdefault): pin the folder once, so test order cannot split them.
+from equiv.build_cache import cache_dir  # noqa: E402
+
+os.environ.setdefault("EQUIV_CACHE_DIR", str(cache_dir()))
+
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=6, deadline=None, suppress_health_check=_SLOW_OK, derandomize=True)
 settings.register_profile("dev", max_examples=15, deadline=None, suppress_health_check=_SLOW_OK)

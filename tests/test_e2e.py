@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from runner import cli, train
+from runner.device import threads_per_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """
@@ -39,13 +41,14 @@ group = "C4"
 width = 4
 depth = 1
 """
-# One job, several batches per epoch, a checkpoint after every batch: room to be killed mid-epoch.
+# One job, many batches per epoch, a checkpoint after every batch: room to be killed mid-epoch (an epoch takes
+# a few tenths of a second on 2 cores, so the kill below lands inside the second one).
 RESUMABLE = """
 [experiment]
 name = "resume"
 seeds = [3]
 [data]
-train_size = 96
+train_size = 256
 valid_size = 32
 test_size = 32
 [train]
@@ -195,7 +198,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path, referen
     spec, root = write(tmp_path, RESUMABLE), tmp_path / "runs"
     proc = runner_process(spec, root)
     wait_for(lambda: epochs_recorded(root) >= 1, proc)
-    time.sleep(0.3)  # into the second epoch, between per-batch checkpoints
+    time.sleep(0.1)  # into the second epoch, between per-batch checkpoints
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert query(root, "select status from jobs") == [("running",)]  # a zombie until someone notices
@@ -217,12 +220,16 @@ def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
     assert final_metrics(root) == reference
 
 
-def test_workers_run_jobs_in_parallel_processes(tmp_path):
+def test_workers_run_jobs_in_parallel_processes_dividing_the_cores(tmp_path, capfd):
     spec, root = write(tmp_path, RESUMABLE.replace("seeds = [3]", "seeds = [3, 4]")), tmp_path / "runs"
     assert cli.main([str(spec), "--root", str(root), "--workers", "2", "train.epochs=1"]) == 0
     rows = query(root, "select status, attempts, worker from jobs")
     assert [(s, a) for s, a, _ in rows] == [("done", 1)] * 2
     assert all(w.endswith((":0", ":1")) for _, _, w in rows)  # claimed by the pool's workers
+    # Each worker reports its share of the cores and its own peak memory (each job's peak starts at its start).
+    reports = re.findall(r"worker (\d) on cpu \((\d+) CPU threads\): (\d) jobs, peak memory (\d+) MiB", capfd.readouterr().out)
+    assert reports and all(int(threads) == threads_per_worker(2) for _, threads, _, _ in reports)
+    assert sum(int(jobs) for _, _, jobs, _ in reports) == 2 and all(int(peak) > 0 for *_, peak in reports)
 
 
 def test_two_processes_on_one_spec_never_run_a_job_twice(tmp_path):

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+import equiv
 from equiv import build_model
 from equiv.checks import centred_disk, smooth_images, equivariance_errors, invariance_errors, offgrid_errors, relative_error
 from equiv.groups import escnn_element, grid_elements, parse_group, rotation_angles
@@ -54,6 +55,19 @@ def test_gcnn_logits_are_invariant_and_features_equivariant(name, depth, width, 
             for stage, (ours, theirs) in enumerate(zip(moved, reference)):
                 expected = theirs.transform(escnn_element(model.group, element)).tensor
                 assert relative_error(ours.tensor, expected) <= tolerance(size), (element.name, stage)
+
+
+@pytest.mark.parametrize("name, size", [("C4", 96), ("D4", 96), ("D8", 33)])
+def test_gcnn_with_average_pooling_is_exact_too(name, size):
+    torch.manual_seed(0)
+    model = build_model("gcnn", name, 3, 2, width=4, depth=3, pool="average")
+    train_steps(model, 2)
+    x = smooth_images(2, size)
+    for training in (True, False):
+        model.train(training)
+        assert max(invariance_errors(model, x).values()) <= tolerance(size)
+    exported = equiv.export_eval(model)
+    torch.testing.assert_close(exported(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_plain_cnn_is_not_invariant():

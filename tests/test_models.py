@@ -5,13 +5,14 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
 import equiv
 from equiv import GroupError, ModelConfigError, build_model, count_params
 from equiv.build_cache import DiskMemo, cache_dir, load_escnn
-from equiv.cnn import BlurPool2d
+from equiv.cnn import BlurPool2d, GridAvgPool2d
 from equiv.groups import GridElement, parse_group
 
 GROUPS = ["trivial", "flip", "C4", "D4", "C8", "D8", "SO2", "O2"]
@@ -39,13 +40,15 @@ def test_bad_group_is_a_group_error_with_the_valid_forms():
 @pytest.mark.parametrize(
     ("hparams", "message"),
     [
-        ({"widht": 8}, "unknown hparam 'widht'; allowed: width, depth, kernel_size, dropout, match, max_frequency"),
+        ({"widht": 8}, "unknown hparam 'widht'; allowed: width, depth, kernel_size, dropout, match, max_frequency, "
+                       "pool"),
         ({"kernel_size": 4}, "kernel_size=4 is not allowed; allowed: an odd integer >= 1"),
         ({"width": 0}, "width=0 is not allowed; allowed: an integer >= 1"),
         ({"depth": 2.0}, "depth=2.0 is not allowed; allowed: an integer >= 1"),
         ({"dropout": 1.0}, r"dropout=1.0 is not allowed; allowed: a number in \[0, 1\)"),
         ({"match": "flops"}, "match='flops' is not allowed; allowed: 'params' or 'channels'"),
         ({"max_frequency": 0}, "max_frequency=0 is not allowed; allowed: an integer >= 1"),
+        ({"pool": "max"}, "pool='max' is not allowed; allowed: 'blur' or 'average'"),
     ],
 )
 def test_bad_hparams_name_the_key_and_the_allowed_values(hparams, message):
@@ -125,6 +128,29 @@ def test_blur_pool_commutes_with_grid_elements_at_any_size(height, width, turns,
     pool, element, x = BlurPool2d(), GridElement(turns, flip), torch.randn(2, 3, height, width)
     assert pool(x).shape == (2, 3, (height + 1) // 2, (width + 1) // 2)
     torch.testing.assert_close(pool(element.apply(x)), element.apply(pool(x)), rtol=0, atol=1e-6)
+
+
+def test_blur_pool_filters_each_channel_alone_with_binomial_taps_chosen_by_parity():
+    x = torch.randn(2, 5, 10, 9)
+    taps = {10: torch.tensor([1.0, 3, 3, 1]) / 8, 9: torch.tensor([1.0, 2, 1]) / 4}
+    kernel = torch.outer(taps[10], taps[9])[None, None]
+    expected = torch.cat([F.conv2d(x[:, c:c + 1], kernel, stride=2, padding=1) for c in range(5)], dim=1)
+    torch.testing.assert_close(BlurPool2d()(x), expected)
+    torch.testing.assert_close(BlurPool2d()(x.contiguous(memory_format=torch.channels_last)), expected)
+
+
+@given(height=st.integers(1, 40), width=st.integers(1, 40), turns=st.integers(0, 3), flip=st.booleans())
+def test_grid_average_pool_commutes_with_grid_elements_at_any_size(height, width, turns, flip):
+    if turns % 2 and height != width:
+        width = height
+    pool, element, x = GridAvgPool2d(), GridElement(turns, flip), torch.randn(2, 3, height, width)
+    assert pool(x).shape == (2, 3, (height + 1) // 2, (width + 1) // 2)
+    torch.testing.assert_close(pool(element.apply(x)), element.apply(pool(x)), rtol=0, atol=1e-6)
+
+
+def test_grid_average_pool_is_a_2x2_average_on_even_maps():
+    x = torch.randn(2, 3, 8, 6)
+    torch.testing.assert_close(GridAvgPool2d()(x), F.avg_pool2d(x, 2))
 
 
 def test_blur_pool_preserves_constants_away_from_the_border():
@@ -217,3 +243,34 @@ def test_public_api():
 
     for name in ("invariance_errors", "offgrid_errors", "equivariance_errors"):
         assert callable(getattr(checks, name))
+
+
+# --- inner batch norm without the copy ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("group", ["flip", "C4", "D4"])
+def test_inner_batch_norm_is_escnns_in_outputs_gradients_statistics_and_export(group):
+    from equiv.groups import gspace
+    from equiv.norm import InnerBatchNorm
+
+    enn = load_escnn().nn
+    space = gspace(parse_group(group))
+    field_type = enn.FieldType(space, 3 * [space.regular_repr])
+    ours, theirs = InnerBatchNorm(field_type), enn.InnerBatchNorm(field_type)
+    with torch.no_grad():
+        for parameter in ours.parameters():
+            parameter.uniform_(0.5, 1.5)
+    theirs.load_state_dict(ours.state_dict())  # the same keys, or this raises
+    for training in (True, False, True):
+        ours.train(training), theirs.train(training)
+        x = torch.randn(4, field_type.size, 6, 5)
+        inputs = [x.clone().requires_grad_() for _ in range(2)]
+        # In-place ReLU after the norm, as in every stage: must not corrupt what backward needs.
+        outputs = [m(enn.GeometricTensor(i, field_type)).tensor.relu_() for m, i in zip((ours, theirs), inputs)]
+        torch.testing.assert_close(outputs[0], outputs[1])
+        for output in outputs:
+            (output * torch.arange(output.numel()).view_as(output)).sum().backward()
+        torch.testing.assert_close(inputs[0].grad, inputs[1].grad)
+    for key, value in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value)
+    probe = torch.randn(2, field_type.size, 4, 4)
+    torch.testing.assert_close(ours.export()(probe), theirs.export()(probe))
