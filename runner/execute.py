@@ -90,8 +90,7 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
     keys = list(options.keys)
     peak = 0.0  # each job's peak starts at its own start; the worker's is the largest
     while not stop.is_set():
-        take_over_dead_here(db, options.experiment_id)
-        db.reclaim_stale(options.experiment_id, options.stale_after)
+        _reclaim(db, options)
         job = db.claim(options.experiment_id, keys, name)
         if job is None:
             keys = _more_work(db, options, stop)
@@ -123,8 +122,14 @@ def _more_work(db: Database, options: WorkerOptions, stop: StopFlag) -> list[str
         if not plan.open:
             return None
         time.sleep(PLAN_POLL_SECONDS)  # other runners hold the last jobs that the next stage depends on
-        db.reclaim_stale(options.experiment_id, options.stale_after)
+        _reclaim(db, options)
     return None
+
+
+def _reclaim(db: Database, options: WorkerOptions) -> None:
+    """Jobs of runners that are gone: dead processes on this host at once, other hosts after --stale-after."""
+    take_over_dead_here(db, options.experiment_id)
+    db.reclaim_stale(options.experiment_id, options.stale_after)
 
 
 def _claimable(db: Database, experiment_id: int, keys) -> bool:
