@@ -17,6 +17,7 @@ CLASSIFIER_FAMILIES = ("cnn", "gcnn")
 SEGMENTER_FAMILIES = ("unet", "gunet")
 FAMILIES = CLASSIFIER_FAMILIES + SEGMENTER_FAMILIES
 MATCH_MODES = ("params", "channels")
+POOLS = ("blur", "average")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ModelSpec:
     dropout: float = 0.0
     match: str = "params"  # params: same parameter count as the plain model | channels: same field count
     max_frequency: int = 3  # band limit of SO2/O2 Fourier fields
+    pool: str = "blur"  # classifiers: blur (anti-aliased) | average (2x2 boxes, same centred grid: as exact, cheaper)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from runner.spec import SECTIONS, ModelBlock, Spec
 
 # Fields that do not change results: excluded from the job key.
 NON_SEMANTIC = {"data.root", "data.path", "data.in_memory", "train.checkpoint_minutes"}
+# Fields added after jobs were first keyed: left out of the key at their default, so existing jobs keep their keys.
+KEY_NEUTRAL_DEFAULTS = {"model.pool": "blur"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ def canonical(config: C.JobConfig) -> dict[str, Any]:
     for dotted in NON_SEMANTIC:
         section, key = dotted.split(".")
         data[section].pop(key, None)
+    for dotted, default in KEY_NEUTRAL_DEFAULTS.items():
+        section, key = dotted.split(".")
+        if data[section].get(key) == default:
+            del data[section][key]
     return data
 
 

@@ -59,6 +59,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "augment.geometric": C.GEOMETRIC_AUGMENTS,
     "model.family": C.FAMILIES,
     "model.match": C.MATCH_MODES,
+    "model.pool": C.POOLS,
 }
 BOUNDS: dict[str, Bound] = {
     "data.fraction": Bound(0.0, 1.0, low_open=True),
@@ -332,6 +333,9 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
         if _is_int(kernel) and kernel % 2 == 0:
             problems.append((f"{where}.kernel_size", f"got {kernel}; allowed: odd integers 1-15 (an odd kernel "
                              "keeps the sampling grid centred, which exact invariance needs)"))
+    if task == "segmentation" and "average" in _as_list(values.get("model.pool", "blur")):
+        problems.append((f"{where}.pool", "model.pool applies to the classifiers (cnn, gcnn); the U-Nets always pool "
+                         "with 2x2 averages"))
     if task == "segmentation":
         for depth in _as_list(values.get("model.depth", C.ModelSpec.depth)):
             for size in _as_list(values.get("data.image_size", C.DataSpec.image_size)):

@@ -155,8 +155,9 @@ def seed_everything(seed: int) -> None:
 def build(config: JobConfig) -> torch.nn.Module:
     m = config.model
     outputs = 2 if config.task == "classification" else 1
+    pool = {"pool": m.pool} if config.task == "classification" else {}  # the U-Nets have one pooling
     return equiv.build_model(m.family, m.group, 3, outputs, width=m.width, depth=m.depth, kernel_size=m.kernel_size,
-                             dropout=m.dropout, match=m.match, max_frequency=m.max_frequency)
+                             dropout=m.dropout, match=m.match, max_frequency=m.max_frequency, **pool)
 
 
 def make_optimizer(config: JobConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

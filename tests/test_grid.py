@@ -1,6 +1,8 @@
 """Grid expansion and job identity."""
 from __future__ import annotations
 
+import pytest
+
 from runner.grid import config_from_dict, expand, job_key
 from runner.spec import parse_spec
 
@@ -66,3 +68,25 @@ def test_config_round_trips_through_json():
     for job in jobs_of(BASE):
         again = config_from_dict(job.config.to_dict())
         assert again == job.config and job_key(again) == job.key
+
+
+def test_pool_is_a_model_option_that_keeps_existing_keys():
+    from runner.grid import canonical
+    from runner.spec import SpecError
+    from runner.train import build
+
+    blur, average = (expand(parse_spec({"experiment": {"name": "p"}, "model": [{"family": "gcnn", "group": "C4",
+                                                                              "pool": pool, "width": 4}]}, "p.toml"))[0]
+                     for pool in ("blur", "average"))
+    assert "pool" not in canonical(blur.config)["model"]  # the default leaves the key as it was before the option
+    assert canonical(average.config)["model"]["pool"] == "average" and average.key != blur.key
+    kinds = {name: {type(m).__name__ for m in build(job.config).modules()} for name, job in
+             (("blur", blur), ("average", average))}
+    assert "GridAvgPool2d" in kinds["average"] and "GridAvgPool2d" not in kinds["blur"]
+    with pytest.raises(SpecError) as info:
+        parse_spec({"experiment": {"name": "p"}, "model": [{"family": "cnn", "pool": "max"}]}, "p.toml")
+    assert "allowed: blur, average" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        parse_spec({"experiment": {"name": "s", "task": "segmentation"},
+                    "model": [{"family": "unet", "pool": "average"}]}, "s.toml")
+    assert "applies to the classifiers" in str(info.value)
