@@ -79,13 +79,13 @@ def spec_keys(db: Database, experiment_id: int, request: RunRequest) -> list[str
 
 def study_size(spec: Spec) -> int:
     """Jobs a study will have at most (for progress): trials x seeds per stream, plus the final jobs."""
+    from runner.search.plan import final_models
     from runner.search.streams import streams
 
     if not spec.searched:
         return 0
     searched = sum(s.search.trials for s in streams(spec)) * len(spec.seeds)
-    final = len(spec.final.seeds) * len(spec.blocks) if spec.final else 0
-    return searched + final
+    return searched + (len(spec.final.seeds) * final_models(spec) if spec.final else 0)
 
 
 def study_table(spec: Spec) -> Table:
@@ -137,9 +137,9 @@ def study_sources(spec: Spec) -> list:
     if not spec.searched:
         return []
     from runner.grid import config_from_dict
-    from runner.search.streams import streams, trial_jobs
+    from runner.search.streams import streams
 
-    return [config_from_dict(trial_jobs(spec, s, 0, {})[0][2]).data for s in streams(spec)]
+    return [config_from_dict(s.config).data for s in streams(spec)]
 
 
 def requeue(db: Database, experiment_id: int, keys: list[str], request: RunRequest) -> None:

@@ -46,6 +46,15 @@ class Distribution:
             return tuple(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         return None
 
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one this distribution can produce (an earlier trial of an edited space may not be)."""
+        if self.kind == "choice":
+            return value in self.choices
+        if not _is_number(value) or not self.low <= value <= self.high or (self.kind == "int" and not _is_int(value)):
+            return False
+        step = self.step or (1 if self.kind == "int" else None)
+        return step is None or abs((value - self.low) / step - round((value - self.low) / step)) < 1e-9
+
     def describe(self) -> str:
         if self.kind == "choice":
             return "{" + ", ".join(map(str, self.choices)) + "}"

@@ -235,3 +235,16 @@ def test_study_data_sources_are_checked_before_anything_is_written(tmp_path, cap
                     '[search]\n[search.space]\n"train.lr" = { log = [1e-4, 1e-2] }\n[[model]]\nfamily = "cnn"\n')
     assert cli.main([str(spec), "--root", str(tmp_path / "runs")]) == 2
     assert "absent" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_an_edited_space_keeps_earlier_trials_for_the_axes_that_remain():
+    search = SearchSpec(sampler="tpe", startup_trials=1, space=(
+        ("model.width", Distribution("int", 4, 16, step=4)), ("train.lr", Distribution("log", 1e-4, 1e-2))))
+    # written under an earlier space: lr out of today's range, an axis that is gone, a width off today's steps
+    old = [trial(0, {"train.lr": 0.5, "model.depth": 3, "model.width": 8}, {}, 0.8),
+           trial(1, {"train.lr": 1e-3, "model.width": 6}, {}, 0.7)]
+    params, _ = ask(search, "s", 2, old)
+    assert set(params) == {"model.width", "train.lr"} and 1e-4 <= params["train.lr"] <= 1e-2
+    assert params["model.width"] in (4, 8, 12, 16)
+    assert [Distribution("int", 4, 16, step=4).contains(v) for v in (8, 6, 8.0, 20)] == [True, False, False, False]
+    assert Distribution("uniform", 0.0, 0.3, step=0.1).contains(0.2) and not Distribution("choice", choices=(1, 2)).contains(3)

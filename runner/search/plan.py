@@ -40,13 +40,14 @@ def metrics(spec: Spec) -> tuple[str, ...]:
 
 def plan(db: Database, spec: Spec, experiment_id: int) -> Plan:
     grid_keys = [job.key for job in expand(spec)]
+    all_streams = streams(spec)
     for _ in range(ATTEMPTS):
         snapshot = db.study_snapshot(experiment_id, metrics(spec))
         histories = {m: History(snapshot, m) for m in metrics(spec)}
-        added = _next_trial(db, spec, experiment_id, histories)
+        added = _next_trial(db, spec, experiment_id, all_streams, histories)
         notes: list[str] = []
         if added == 0 and spec.final is not None:
-            added = _final_trials(db, spec, experiment_id, histories, grid_keys, notes)
+            added = _final_trials(db, spec, experiment_id, all_streams, histories, grid_keys, notes)
         if added is None:
             continue  # lost a race: another runner added the same trial; look again
         if added:
@@ -54,6 +55,15 @@ def plan(db: Database, spec: Spec, experiment_id: int) -> Plan:
         return _summary(snapshot, grid_keys, added, notes)
     raise RuntimeError("could not add a trial after several attempts: other runners keep adding the same ones; "
                        "rerun the command")
+
+
+def final_models(spec: Spec) -> int:
+    """How many models the final stage will evaluate (for progress): distinct `per` values of streams and grid jobs."""
+    if spec.final is None:
+        return 0
+    models = {model_of(s.config, spec.final.per) for s in streams(spec)}
+    models |= {model_of(job.config.to_dict(), spec.final.per) for job in expand(spec)}
+    return len(models)
 
 
 def current(db: Database, spec: Spec, experiment_id: int) -> Plan:
@@ -69,10 +79,11 @@ def _summary(snapshot, grid_keys: list[str], added: int, notes: list[str]) -> Pl
     return Plan(keys=tuple(keys), added=added, open=open_jobs, notes=tuple(notes))
 
 
-def _next_trial(db: Database, spec: Spec, experiment_id: int, histories: dict[str, History]) -> int | None:
+def _next_trial(db: Database, spec: Spec, experiment_id: int, all_streams: list[Stream],
+                histories: dict[str, History]) -> int | None:
     """Add one search trial; 0 when every stream has its trials; None when another runner won the race."""
-    counts = {s.key: len(histories[s.search.metric].of_stream(s.key)) for s in streams(spec)}
-    waiting = [s for s in streams(spec) if counts[s.key] < s.search.trials]
+    counts = {s.key: len(histories[s.search.metric].of_stream(s.key)) for s in all_streams}
+    waiting = [s for s in all_streams if counts[s.key] < s.search.trials]
     if not waiting:
         return 0
     stream = min(waiting, key=lambda s: (counts[s.key], s.index))
@@ -82,14 +93,16 @@ def _next_trial(db: Database, spec: Spec, experiment_id: int, histories: dict[st
     return 1 if db.add_trial(experiment_id, trial) else None
 
 
-def _final_trials(db, spec: Spec, experiment_id: int, histories, grid_keys: list[str], notes: list[str]) -> int | None:
+def _final_trials(db, spec: Spec, experiment_id: int, all_streams: list[Stream], histories, grid_keys: list[str],
+                  notes: list[str]) -> int | None:
     final = spec.final
     history = histories[final.select]
     done = {t.stream for t in history.trials if t.role == "final"}
+    models = {s.key: model_of(s.config, final.per) for s in all_streams}
     added = 0
-    for model, jobs in _search_jobs_by_model(spec, history, grid_keys).items():
+    for model, jobs in _search_jobs_by_model(spec, all_streams, models, history, grid_keys).items():
         name = model_name(model, final.per)
-        if name in done or not _finished(spec, history, model, jobs):
+        if name in done or not _finished(all_streams, models, history, model, jobs):
             continue
         choice = select(jobs, final.direction)
         if choice is None:
@@ -104,14 +117,14 @@ def _final_trials(db, spec: Spec, experiment_id: int, histories, grid_keys: list
     return added
 
 
-def _search_jobs_by_model(spec: Spec, history: History, grid_keys: list[str]) -> dict[tuple, list[JobHistory]]:
+def _search_jobs_by_model(spec: Spec, all_streams: list[Stream], models: dict[str, tuple], history: History,
+                          grid_keys: list[str]) -> dict[tuple, list[JobHistory]]:
     """Each model's search jobs: the jobs of its streams' trials and its grid jobs, in job order."""
     per = spec.final.per
     by_key = {job.key: job for job in history.jobs.values()}
     out: dict[tuple, dict[int, JobHistory]] = {}
-    for stream in streams(spec):
-        model = _stream_model(spec, stream)
-        bucket = out.setdefault(model, {})
+    for stream in all_streams:
+        bucket = out.setdefault(models[stream.key], {})
         for trial in history.of_stream(stream.key):
             bucket.update({job.job_id: job for job in trial.jobs})
     for key in grid_keys:
@@ -121,15 +134,11 @@ def _search_jobs_by_model(spec: Spec, history: History, grid_keys: list[str]) ->
     return {model: [jobs[i] for i in sorted(jobs)] for model, jobs in out.items()}
 
 
-def _stream_model(spec: Spec, stream: Stream) -> tuple:
-    config = trial_jobs(spec, stream, 0, {})[0][2]
-    return model_of(config, spec.final.per)
-
-
-def _finished(spec: Spec, history: History, model: tuple, jobs: list[JobHistory]) -> bool:
+def _finished(all_streams: list[Stream], models: dict[str, tuple], history: History, model: tuple,
+              jobs: list[JobHistory]) -> bool:
     """Every search trial of the model's streams has been asked and every one of its jobs is finished."""
-    for stream in streams(spec):
-        if _stream_model(spec, stream) == model and len(history.of_stream(stream.key)) < stream.search.trials:
+    for stream in all_streams:
+        if models[stream.key] == model and len(history.of_stream(stream.key)) < stream.search.trials:
             return False
     return all(job.status in FINISHED for job in jobs)
 

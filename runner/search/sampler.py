@@ -62,13 +62,16 @@ def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def rebuild(search: SearchSpec, history: list[TrialHistory], sampler=None) -> optuna.Study:
-    """An in-memory study holding the stream's earlier trials in trial-number order."""
+    """An in-memory study holding the stream's earlier trials in trial-number order. When the spec's space was
+    edited since, an earlier trial contributes only the values the current space can still hold."""
     dists = distributions(search)
+    space = dict(search.space)
     study = optuna.create_study(direction=search.direction, sampler=sampler)
     for past in sorted(history, key=lambda t: t.number):
         state = _STATES[past.state]
+        params = {k: v for k, v in past.params.items() if k in space and space[k].contains(v)}
         study.add_trial(create_trial(
-            state=state, params=past.params, distributions={k: dists[k] for k in past.params},
+            state=state, params=params, distributions={k: dists[k] for k in params},
             value=past.value(search.direction) if state == TrialState.COMPLETE else None,
             intermediate_values=past.intermediate(), system_attrs=past.system_attrs))
     return study

@@ -23,6 +23,7 @@ class Stream:
     values: dict[str, Any]  # the block's values at this grid point
     swept: tuple[str, ...]  # the block's grid axes (for labels)
     search: SearchSpec
+    config: dict[str, Any]  # the resolved config at this grid point before any sampled value (first seed)
 
 
 def streams(spec: Spec) -> list[Stream]:
@@ -35,7 +36,9 @@ def streams(spec: Spec) -> list[Stream]:
             point = " ".join(f"{k.split('.', 1)[1]}={values[k]}" for k in swept
                              if k not in ("model.family", "model.group"))
             key = " ".join(p for p in (f"model[{block.index}]", family, "" if group == "trivial" else group, point) if p)
-            out.append(Stream(key=key, index=len(out), values=values, swept=tuple(swept), search=block.search))
+            base = build_config(spec.name, spec.task, spec.seeds[0], values).to_dict()
+            out.append(Stream(key=key, index=len(out), values=values, swept=tuple(swept), search=block.search,
+                              config=json.loads(json.dumps(base))))
     return out
 
 
