@@ -27,8 +27,9 @@ from runner.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
 
 COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve", "bench")
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup off: messages name spec tables such as [search] and [final], which rich would swallow as style tags.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def default_root() -> Path:

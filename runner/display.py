@@ -19,7 +19,7 @@ class PlainDisplay:
 
     def __init__(self, total: int, console: Console | None = None):
         self.total, self.done = total, 0
-        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.console = console or Console(highlight=False, soft_wrap=True, markup=False)
         self._last = 0.0
 
     def job_started(self, label: str) -> None:

@@ -407,8 +407,9 @@ def _parse_final(raw: dict[str, Any], blocks: list[ModelBlock], task: str | None
     if searched:
         problems.append(("final.per", f"{', '.join(searched)} is searched, so it cannot also name the models "
                          "that the final stage compares; remove it from final.per or from the search space"))
+    searched_in_raw = "search" in raw or any(isinstance(b, dict) and "search" in b for b in raw.get("model") or [])
     choosable = [b for b in blocks if b.search is not None or any(isinstance(v, list) for v in b.values.values())]
-    if blocks and not choosable:
+    if blocks and not choosable and not searched_in_raw:  # a [search] with problems is reported on its own
         problems.append(("final", "nothing to select from: add a [search] or sweep a key with a list "
                          "(e.g. train.lr = [1e-3, 3e-3]) so that [final] can pick each model's best configuration"))
     return final

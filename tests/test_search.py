@@ -248,3 +248,14 @@ def test_an_edited_space_keeps_earlier_trials_for_the_axes_that_remain():
     assert params["model.width"] in (4, 8, 12, 16)
     assert [Distribution("int", 4, 16, step=4).contains(v) for v in (8, 6, 8.0, 20)] == [True, False, False, False]
     assert Distribution("uniform", 0.0, 0.3, step=0.1).contains(0.2) and not Distribution("choice", choices=(1, 2)).contains(3)
+
+
+def test_errors_print_spec_table_names_and_a_bad_search_is_reported_once(tmp_path, capsys):
+    from runner import cli
+
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[experiment]\nname = "p"\n[final]\nseeds = [0, 1]\n[[model]]\nfamily = "cnn"\n')
+    assert cli.main([str(plain), "--root", str(tmp_path / "runs")]) == 2
+    assert "add a [search] or sweep a key" in capsys.readouterr().err  # not swallowed as a style tag
+    raw = {**STUDY, "search": {**STUDY["search"], "trials": "x"}}
+    assert list(problems_of(raw)) == ["search.trials"]  # no second, misleading "nothing to select from"
