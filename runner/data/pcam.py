@@ -10,12 +10,14 @@ import hashlib
 import os
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from runner.checkpoint import space_for
 from runner.data.batches import ArraySplit, H5Split, Split, Splits, read_rows
 from runner.data.errors import DataError
 
@@ -132,9 +134,10 @@ def gunzip_cached(src: Path, cache: Path) -> Path:
     dest = cache / f"{src.name[:-3].removesuffix('.h5')}-{key}.h5"
     if dest.is_file():
         return dest
-    cache.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
+        with space_for(cache, src.stat().st_size, at_least=True):  # the folder itself may not fit
+            cache.mkdir(parents=True, exist_ok=True)
         _gunzip(src, tmp)
         os.replace(tmp, dest)
     finally:
@@ -145,15 +148,27 @@ def gunzip_cached(src: Path, cache: Path) -> Path:
 def _gunzip(src: Path, dest: Path, block: int = 1 << 22) -> None:
     total = src.stat().st_size
     report = _progress_reporter(f"decompressing {src.name}", total)
+    written = 0
     try:
-        with open(src, "rb") as raw, gzip.GzipFile(fileobj=raw) as f, open(dest, "wb") as out:
-            while chunk := f.read(block):
+        # The decompressed size is only known at the end (gzip stores it modulo 4 GiB): a full disk reports what
+        # had been written, a lower bound of what was needed.
+        with space_for(dest.parent, lambda: written, at_least=True), open(src, "rb") as raw, \
+                gzip.GzipFile(fileobj=raw) as f, open(dest, "wb") as out:
+            for chunk in _chunks(src, f, block):
                 out.write(chunk)
+                written += len(chunk)
                 report(raw.tell())
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{src}: gzip stream is damaged or truncated ({err}); download it again") from err
     finally:
         report(None)
+
+
+def _chunks(src: Path, f: gzip.GzipFile, block: int) -> Iterator[bytes]:
+    """The decompressed stream; reading errors are a damaged file (a write error is not: it is the disk's)."""
+    try:
+        while chunk := f.read(block):
+            yield chunk
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{src}: gzip stream is damaged or truncated ({err}); download it again") from err
 
 
 def _progress_reporter(label: str, total: int):
@@ -262,12 +277,14 @@ def write_pcam_pair(x_path: Path, y_path: Path, images: np.ndarray, labels: np.n
 
 
 def write_h5_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `arrays` to `path` through a temporary file; a full disk raises DiskFull and leaves no partial file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            for key, value in arrays.items():
-                f.create_dataset(key, data=value, track_times=False)
-        os.replace(tmp, path)
+        with space_for(path.parent, sum(value.nbytes for value in arrays.values())):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(tmp, "w", track_order=False) as f:
+                for key, value in arrays.items():
+                    f.create_dataset(key, data=value, track_times=False)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
