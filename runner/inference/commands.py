@@ -7,9 +7,23 @@ from pathlib import Path
 from runner.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, db_url
 
 DEFAULT_PORT = 8000
+MAX_PIXELS_HELP = "refuse, from its header, an image declaring more pixels than this{} (default {:,}: 8192 x 8192)"
+
+
+def pixel_count(text: str) -> int:
+    """--max-pixels: a positive whole number, also written as 64e6."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels (e.g. 67108864 or 64e6)") from None
+    if not (value >= 1 and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of pixels >= 1 (e.g. 67108864 or 64e6)")
+    return int(value)
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    from runner.inference.images import DEFAULT_MAX_PIXELS
+
     export = sub.add_parser("export", parents=[common], help="a trained job as model.pt2 + model.onnx + model.json")
     export.add_argument("--job", default=None, help="job id or (a prefix of) its key")
     export.add_argument("--experiment", default=None, help="with --best: the experiment whose selected model to export")
@@ -33,11 +47,16 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                          help="with --wsi: step between patches in model pixels (default: the patch size)")
     predict.add_argument("--min-tissue", type=float, default=0.5,
                          help="with --wsi: patches with less tissue than this share are skipped (default 0.5)")
+    predict.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS,
+                         help=MAX_PIXELS_HELP.format("; with --wsi the largest region read at once",
+                                                     DEFAULT_MAX_PIXELS))
     serve = sub.add_parser("serve", help="an HTTP API for an exported model (FastAPI)")
     serve.add_argument("artifact", help="a folder written by `export`")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10)")
+    serve.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS,
+                       help=MAX_PIXELS_HELP.format(": answered 413", DEFAULT_MAX_PIXELS))
 
 
 def run(args, console, errors) -> int:
@@ -100,7 +119,7 @@ def _predict_patches(model, args, console, errors) -> int:
     out = Path(args.out or "predictions.csv")
     with _progress(errors) as progress:
         result = predict(model, [Path(p) for p in args.inputs], out, tta=args.tta, batch_size=args.batch_size,
-                         progress=progress)
+                         progress=progress, max_pixels=args.max_pixels)
     for note in result.notes:
         console.print(note)
     _list_problems(result.problems, errors)
@@ -121,7 +140,7 @@ def _predict_slide(model, args, console, errors) -> int:
     slide = Path(args.inputs[0])
     out = Path(args.out or f"{slide.name.split('.')[0]}_heatmap")
     request = SlideRequest(slide=slide, out=out, mpp=args.mpp, stride=args.stride, min_tissue=args.min_tissue,
-                           batch_size=args.batch_size, tta=args.tta)
+                           batch_size=args.batch_size, tta=args.tta, max_pixels=args.max_pixels)
     try:
         with _progress(errors) as progress:
             result = predict_slide(model, request, progress=progress)
@@ -137,7 +156,8 @@ def cmd_serve(args, console, errors) -> int:
     from runner.inference.serve import serve
 
     try:
-        serve(Path(args.artifact), host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20))
+        serve(Path(args.artifact), host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+              max_pixels=args.max_pixels)
     except ArtifactError as exc:
         errors.print(f"error: {exc}")
         return EXIT_BAD_INPUT

@@ -1,31 +1,41 @@
 """Images in and out: decode user files and uploads to RGB uint8 arrays the model can take, encode masks.
 
 Every rejection is a BadImage whose message is the reason a user sees next to the file's name.
+
+Sizes are checked from the file's header before any pixel is decoded: a few megabytes of zlib tiles can declare
+50,000 x 50,000 pixels (7.5 GB once decoded), so the declared size, not the file size, decides.
 """
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+# The most pixels one image may declare (--max-pixels): 8192 x 8192, 192 MiB once decoded as RGB. Real patches and
+# tiles are far smaller (PCam's are 96 x 96); a larger region belongs in a slide, which is read patch by patch.
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 class BadImage(ValueError):
     """An input that cannot be predicted; the message says why."""
 
 
-def decode(data: bytes, name: str) -> np.ndarray:
-    """Image bytes (PNG, JPEG, TIFF) -> (H, W, 3) uint8 RGB."""
-    try:
-        if name.lower().endswith(TIFF_SUFFIXES) or data[:4] in (b"II*\x00", b"MM\x00*"):
-            import tifffile
+class TooLarge(BadImage):
+    """An image whose header declares more pixels than the limit; refused before decoding."""
 
-            array = tifffile.imread(io.BytesIO(data))
+
+def decode(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Image bytes (PNG, JPEG, TIFF) -> (H, W, 3) uint8 RGB; at most `max_pixels` pixels are decoded."""
+    try:
+        if name.lower().endswith(TIFF_SUFFIXES) or data[:4] in TIFF_MAGIC:
+            array = _decode_tiff(data, max_pixels)
         else:
-            array = _decode_pillow(data)
+            array = _decode_pillow(data, max_pixels)
     except BadImage:
         raise
     except Exception as exc:  # noqa: BLE001 - image libraries raise many types for a broken file
@@ -33,18 +43,43 @@ def decode(data: bytes, name: str) -> np.ndarray:
     return as_rgb(array)
 
 
-def read(path: Path) -> np.ndarray:
+def read(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise BadImage(f"cannot be read ({exc.strerror or exc})") from exc
-    return decode(data, str(path))
+    return decode(data, str(path), max_pixels)
 
 
-def _decode_pillow(data: bytes) -> np.ndarray:
+def check_pixels(shape: tuple[int, ...], max_pixels: int) -> None:
+    """A TooLarge naming the declared size when (H, W[, channels]) or a stack of them exceeds the limit."""
+    channels = shape[-1] if len(shape) >= 3 and shape[-1] <= 4 else 1
+    pixels = math.prod(shape) // channels
+    if pixels > max_pixels:
+        size = "x".join(str(n) for n in (shape[:-1] if channels > 1 else shape))
+        raise TooLarge(f"declares {size} pixels ({pixels:,}), more than the {max_pixels:,}-pixel limit; "
+                       "crop or tile it, or raise --max-pixels")
+
+
+def _decode_tiff(data: bytes, max_pixels: int) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        series = tiff.series[0]  # what tifffile.imread decodes by default
+        check_pixels(tuple(series.shape), max_pixels)
+        return series.asarray()
+
+
+def _decode_pillow(data: bytes, max_pixels: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, which stays in force above ours
+        raise TooLarge(f"declares more pixels than Pillow decodes ({exc})") from exc
+    with opened as image:
+        width, height = image.size  # from the header; pixels are decoded by np.asarray below
+        check_pixels((height, width), max_pixels)
         if image.mode == "P":  # palette images are colour images stored compactly
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         return np.asarray(image)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.inference.images import IMAGE_SUFFIXES, BadImage, as_rgb, read
+from runner.inference.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImage, as_rgb, check_pixels, read
 
 ARRAY_SUFFIXES = (".h5", ".h5.gz", ".npz")
 ARRAY_KEYS = ("x", "images", "image")  # PCam's `_x.h5` files hold `x`; .npz files may use any of these
@@ -78,17 +78,20 @@ def count(path: Path) -> int:
     return 1
 
 
-def items(path: Path) -> Iterator[Item | Problem]:
-    """The images of one input, or one Problem saying why it cannot be read (after any images already given)."""
+def items(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Item | Problem]:
+    """The images of one input, or one Problem saying why it cannot be read (after any images already given).
+
+    No image may declare more than `max_pixels` pixels (a stack's images are counted one by one).
+    """
     kind = kind_of(path)
     try:
         if kind in IMAGE_SUFFIXES:
-            yield Item(str(path), 0, read(path))
+            yield Item(str(path), 0, read(path, max_pixels))
         elif kind == ".npz":
-            yield from _npz_items(path)
+            yield from _npz_items(path, max_pixels)
         else:
             with _plain_h5(path) as plain:
-                yield from _h5_items(path, plain)
+                yield from _h5_items(path, plain, max_pixels)
     except BadImage as exc:
         yield Problem(str(path), str(exc))
     except (OSError, ValueError, KeyError) as exc:
@@ -102,19 +105,30 @@ def _array_key(keys: list[str], path: Path) -> str:
     raise BadImage(f"holds {sorted(keys)}; expected an image array named one of {', '.join(ARRAY_KEYS)}")
 
 
-def _check_stack(shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """An (N, H, W, 3) uint8 stack, as PCam stores it; otherwise the reason."""
+def _check_stack(shape: tuple[int, ...], dtype: np.dtype, max_pixels: int) -> None:
+    """An (N, H, W, 3) uint8 stack, as PCam stores it, of images within the pixel limit; otherwise the reason."""
     if len(shape) == 3:
         raise BadImage(f"images of shape {shape[1:]}: 1 channel; the model takes 3 (RGB)")
     if len(shape) != 4:
         raise BadImage(f"array of shape {shape}; expected (N, H, W, 3) RGB images")
     as_rgb(np.zeros((1, 1, shape[-1]), dtype=dtype))
+    check_pixels(tuple(shape[1:]), max_pixels)
 
 
-def _npz_items(path: Path) -> Iterator[Item]:
+def _npz_header(archive, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the member's .npy header, read before its (possibly huge) data is inflated."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(member)
+    return shape, dtype
+
+
+def _npz_items(path: Path, max_pixels: int) -> Iterator[Item]:
     with np.load(path, allow_pickle=False) as archive:
-        array = archive[_array_key(archive.files, path)]
-    _check_stack(array.shape, array.dtype)
+        key = _array_key(archive.files, path)
+        _check_stack(*_npz_header(archive, key), max_pixels)
+        array = archive[key]
     for index, image in enumerate(array):
         yield Item(str(path), index, as_rgb(image))
 
@@ -132,12 +146,12 @@ def _plain_h5(path: Path) -> Iterator[Path]:
         yield plain
 
 
-def _h5_items(path: Path, plain: Path) -> Iterator[Item]:
+def _h5_items(path: Path, plain: Path, max_pixels: int) -> Iterator[Item]:
     import h5py
 
     with h5py.File(plain, "r") as handle:
         data = handle[_array_key(list(handle.keys()), path)]
-        _check_stack(data.shape, data.dtype)
+        _check_stack(data.shape, data.dtype, max_pixels)
         for start in range(0, len(data), CHUNK):
             for offset, image in enumerate(data[start:start + CHUNK]):
                 yield Item(str(path), start + offset, as_rgb(image))

@@ -17,7 +17,7 @@ import numpy as np
 
 from runner.inference import files, inputs
 from runner.inference.artifact import D4_ELEMENTS, Artifact, element_name, transform, untransform
-from runner.inference.images import BadImage, centre_crop, check_size, encode_png
+from runner.inference.images import DEFAULT_MAX_PIXELS, BadImage, centre_crop, check_size, encode_png
 
 TTA_MODES = ("none", "d4")
 THRESHOLD = 0.5
@@ -159,16 +159,18 @@ def segmentation_csv(rows: list[tuple]) -> str:
 # ---- the command -----------------------------------------------------------------------------------------------
 
 def predict(model: Artifact, paths: list[Path], out: Path, tta: str = "none", batch_size: int = 64,
-            progress: Callable[[int], Callable[[int], None]] | None = None) -> PredictResult:
+            progress: Callable[[int], Callable[[int], None]] | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> PredictResult:
     """Predict every image in `paths`; write the CSV to `out` (and masks beside it for segmentation).
 
-    progress(total) returns a callback taking the number of images just done.
+    progress(total) returns a callback taking the number of images just done. An image declaring more than
+    `max_pixels` pixels is a problem, refused before it is decoded.
     """
     start = time.monotonic()
     found, problems = inputs.expand(paths)
     total = sum(inputs.count(path) for path in found)
     advance = progress(total) if progress else (lambda n: None)
-    stream = (entry for path in found for entry in inputs.items(path))
+    stream = (entry for path in found for entry in inputs.items(path, max_pixels))
     notes = [note] if (note := tta_note(model, tta)) else []
     # No CSV when nothing could be predicted: an empty file would look like a result.
     if model.task == "classification":

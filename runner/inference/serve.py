@@ -7,7 +7,8 @@
     GET  /model     model.json
 
 A bad upload (not an image, wrong channel count, smaller than the model's input, too large) is a 4xx whose
-`detail` names the file and the reason; the endpoint never answers 500 for a user's image.
+`detail` names the file and the reason; the endpoint never answers 500 for a user's image. An image that declares
+more than `max_pixels` pixels is a 413 from its header alone, before any pixel is decoded.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from runner.inference.artifact import Artifact, load
-from runner.inference.images import BadImage, centre_crop, decode, encode_png
+from runner.inference.images import DEFAULT_MAX_PIXELS, BadImage, TooLarge, centre_crop, decode, encode_png
 from runner.inference.predict import THRESHOLD, object_count, segment_image
 
 MAX_UPLOAD_BYTES = 10 * 2**20
@@ -29,7 +30,8 @@ MAX_FILES = 64
 BATCH = 64  # segmentation tiles per model call
 
 
-def create_app(folder: Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, backend: str = "onnx") -> FastAPI:
+def create_app(folder: Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, backend: str = "onnx",
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
     model = load(folder, backend=backend)
     app = FastAPI(title="equivariant-pathology-runner model", version=str(model.meta["format_version"]))
 
@@ -53,7 +55,7 @@ def create_app(folder: Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, backend: 
     def predict(files: list[UploadFile] = File(...), format: str = Query("json", pattern="^(json|png)$")):
         if len(files) > MAX_FILES:
             raise HTTPException(413, f"{len(files)} files in one request; at most {MAX_FILES}")
-        images = [read_upload(upload, max_upload_bytes) for upload in files]
+        images = [read_upload(upload, max_upload_bytes, max_pixels) for upload in files]
         names = [upload.filename or f"file {i}" for i, upload in enumerate(files)]
         if model.task == "classification":
             return {"predictions": classify(model, names, images)}
@@ -67,13 +69,13 @@ def create_app(folder: Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, backend: 
     return app
 
 
-def read_upload(upload: UploadFile, limit: int) -> np.ndarray:
+def read_upload(upload: UploadFile, limit: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The upload as an RGB image, or a 4xx naming the file and the reason."""
     name = upload.filename or "upload"
     data = upload.file.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(413, f"{name}: larger than the {limit} byte upload limit")
-    return _checked(name, lambda: decode(data, name))
+    return _checked(name, lambda: decode(data, name, max_pixels))
 
 
 def classify(model: Artifact, names: list[str], images: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -85,9 +87,11 @@ def classify(model: Artifact, names: list[str], images: list[np.ndarray]) -> lis
 
 
 def _checked(name: str, step: Callable[[], Any]) -> Any:
-    """step(), with a BadImage turned into a 422 naming the file."""
+    """step(), with a BadImage turned into a 422 naming the file (413 for too many declared pixels)."""
     try:
         return step()
+    except TooLarge as exc:
+        raise HTTPException(413, f"{name}: {exc}") from exc
     except BadImage as exc:
         raise HTTPException(422, f"{name}: {exc}") from exc
 
@@ -98,7 +102,8 @@ def segment_upload(model: Artifact, name: str, image: np.ndarray) -> dict[str, A
             "mask_png_base64": base64.b64encode(encode_png(mask)).decode("ascii")}
 
 
-def serve(folder: Path, host: str = "127.0.0.1", port: int = 8000, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+def serve(folder: Path, host: str = "127.0.0.1", port: int = 8000, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+          max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(folder, max_upload_bytes), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(folder, max_upload_bytes, max_pixels=max_pixels), host=host, port=port, log_level="info")

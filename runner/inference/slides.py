@@ -5,6 +5,10 @@ on a thumbnail by Otsu's threshold on colour saturation (glass is white or grey,
 patches with less tissue than `min_tissue` are skipped. Each patch covers the model's input at the model's microns
 per pixel: read from the pyramid level just finer than needed and resized, so a 0.25 um/px slide and a PCam
 model at 0.972 um/px read 4x4-downsampled patches. Coordinates in every output are level-0 pixels.
+
+OpenSlide reads lazily, so a slide's header can declare far more pixels than its file holds (missing tiles read as
+glass). Before anything is read, the region read at once (the thumbnail's pyramid level, one patch) must stay
+within `max_pixels`, and the patch grid within MAX_PATCHES, so a lying header is refused instead of allocated.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +27,15 @@ import numpy as np
 
 from runner.inference import files
 from runner.inference.artifact import Artifact
+from runner.inference.images import DEFAULT_MAX_PIXELS
 from runner.inference.predict import probabilities, tta_note
 
 THUMBNAIL_SIDE = 1024  # longest side of the thumbnail the tissue mask and heatmap are drawn on
 MIN_SATURATION = 0.05  # below this, a pixel is glass even when Otsu's threshold falls lower (an all-glass slide)
 TUMOUR_COLOUR, NORMAL_COLOUR = [220, 40, 40], [60, 120, 220]
+# Candidate patches per slide: a 200k x 100k scan at 0.25 um/px gives 135,000 for a PCam model (540,000 at half
+# stride); the grid is held in memory, so a header declaring a billion-pixel side is refused here.
+MAX_PATCHES = 1_000_000
 
 
 class SlideError(ValueError):
@@ -42,6 +51,7 @@ class SlideRequest:
     min_tissue: float = 0.5
     batch_size: int = 64
     tta: str = "none"
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the largest region read at once: the thumbnail's level, one patch
 
 
 @dataclass(frozen=True)
@@ -76,21 +86,31 @@ def predict_slide(model: Artifact, request: SlideRequest,
     slide = open_slide(request.slide)
     factor = model.microns_per_pixel / slide_mpp(slide, request.mpp, request.slide)
     patch = model.input_size[0]
-    thumbnail = np.asarray(slide.get_thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE)).convert("RGB"))
-    scale = thumbnail.shape[1] / slide.dimensions[0]
-    candidates = grid(slide.dimensions, round(patch * factor), round((request.stride or patch) * factor))
-    mask = tissue_mask(thumbnail)
-    tiles = [t for t in (measure_tissue(mask, t, scale) for t in candidates) if t.tissue >= request.min_tissue]
+    size, stride = round(patch * factor), round((request.stride or patch) * factor)
+    check_extent(slide, request, size, stride, patch)
+    with _reading(request.slide):
+        thumbnail = np.asarray(slide.get_thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE)).convert("RGB"))
+        scale = thumbnail.shape[1] / slide.dimensions[0]
+        candidates = grid(slide.dimensions, size, stride)
+        mask = tissue_mask(thumbnail)
+        tiles = [t for t in (measure_tissue(mask, t, scale) for t in candidates) if t.tissue >= request.min_tissue]
+        scored = score(model, slide, tiles, request, progress)
+    write_outputs(request.out, scored, thumbnail, scale)
+    return SlideResult(request.out, scored, len(candidates) - len(scored), time.monotonic() - start)
+
+
+def score(model: Artifact, slide, tiles: list[Tile], request: SlideRequest,
+          progress: Callable[[int], Callable[[int], None]] | None) -> list[Tile]:
+    """The tiles with p_tumour, read and predicted batch by batch."""
     advance = progress(len(tiles)) if progress else (lambda n: None)
     tta = "none" if tta_note(model, request.tta) else request.tta
     scored = []
     for batch in _batches(tiles, request.batch_size):
-        images = np.stack([read_patch(slide, t, patch) for t in batch])
+        images = np.stack([read_patch(slide, t, model.input_size[0]) for t in batch])
         scored += [Tile(t.x, t.y, t.size, t.tissue, float(p))
                    for t, p in zip(batch, probabilities(model, images, tta))]
         advance(len(batch))
-    write_outputs(request.out, scored, thumbnail, scale)
-    return SlideResult(request.out, scored, len(candidates) - len(scored), time.monotonic() - start)
+    return scored
 
 
 def _check(model: Artifact, request: SlideRequest) -> None:
@@ -106,6 +126,48 @@ def _check(model: Artifact, request: SlideRequest) -> None:
 
 
 # ---- reading the slide -----------------------------------------------------------------------------------------
+
+def check_extent(slide, request: SlideRequest, size: int, stride: int, patch: int) -> None:
+    """Refuse, from the header alone, a slide whose thumbnail level, patch grid or patch reads are too large."""
+    width, height = slide.dimensions
+    downsample = max(width / THUMBNAIL_SIDE, height / THUMBNAIL_SIDE)
+    level = slide.get_best_level_for_downsample(downsample)  # the level get_thumbnail reads whole
+    level_w, level_h = slide.level_dimensions[level]
+    if level_w * level_h > request.max_pixels:
+        raise SlideError(
+            f"{request.slide}: its thumbnail would be read whole from pyramid level {level} of {level_w}x{level_h} "
+            f"pixels ({level_w * level_h:,}), more than the {request.max_pixels:,}-pixel limit: the slide lacks a "
+            "coarse pyramid level, or its header declares more pixels than the file holds; add pyramid levels "
+            "(e.g. vips tiffsave IN OUT --tile --pyramid) or raise --max-pixels")
+    patches = _grid_count(width, size, stride) * _grid_count(height, size, stride)
+    if patches > MAX_PATCHES:
+        raise SlideError(
+            f"{request.slide}: {width}x{height} level-0 pixels give {patches:,} candidate patches of {size} pixels "
+            f"every {stride}, more than {MAX_PATCHES:,}: check the slide's size (its header may declare more than "
+            "the file holds) and its scale (--mpp), or pass a larger --stride")
+    read = round(size / slide.level_downsamples[slide.get_best_level_for_downsample(size / patch)])
+    if read * read > request.max_pixels:
+        raise SlideError(
+            f"{request.slide}: each patch would be read as {read}x{read} pixels, more than the "
+            f"{request.max_pixels:,}-pixel limit: the slide has no pyramid level near the model's scale; check "
+            "--mpp, add pyramid levels or raise --max-pixels")
+
+
+def _grid_count(extent: int, size: int, stride: int) -> int:
+    return max(0, (extent - size) // max(stride, 1) + 1)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """OpenSlide's read errors (a damaged or truncated file) as a SlideError naming the file."""
+    import openslide
+
+    try:
+        yield
+    except openslide.OpenSlideError as exc:
+        raise SlideError(f"{path}: OpenSlide failed while reading it ({exc}); the file may be damaged or "
+                         "truncated: export or copy it again") from exc
+
 
 def open_slide(path: Path):
     import openslide
