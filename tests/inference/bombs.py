@@ -65,14 +65,18 @@ def lying_pyramid(path: Path, side: int = 200_000, mpp: float = 0.972) -> Path:
     return path
 
 
-def png_bomb(path: Path, side: int = 10_000) -> Path:
+def png_bomb_bytes(side: int = 10_000) -> bytes:
     """A PNG declaring side x side RGB pixels that holds the first row only (a truncated stream)."""
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
     row = zlib.compress(bytes(1 + 3 * side))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+
+
+def png_bomb(path: Path, side: int = 10_000) -> Path:
+    path.write_bytes(png_bomb_bytes(side))
     return path
 
 

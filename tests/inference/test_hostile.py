@@ -113,12 +113,13 @@ def test_predict_lists_a_bomb_and_predicts_the_rest(trained, tmp_path, capsys):
 
 
 def test_max_pixels_is_an_option_of_predict(trained, tmp_path, capsys):
-    Image.fromarray(np.full((96, 96, 3), 180, np.uint8)).save(tmp_path / "ok.png")
-    assert run_cli("predict", trained.cnn, tmp_path / "ok.png", "--max-pixels", "9e3", "--out", tmp_path / "p.csv") == 2
+    image, out = tmp_path / "ok.png", tmp_path / "p.csv"
+    Image.fromarray(np.full((96, 96, 3), 180, np.uint8)).save(image)
+    assert run_cli("predict", trained.cnn, image, "--max-pixels", "9e3", "--out", out) == 2
     assert "declares 96x96 pixels (9,216), more than the 9,000-pixel limit" in capsys.readouterr().err
-    assert run_cli("predict", trained.cnn, tmp_path / "ok.png", "--max-pixels", "9216", "--out", tmp_path / "p.csv") == 0
+    assert run_cli("predict", trained.cnn, image, "--max-pixels", "9216", "--out", out) == 0
     with pytest.raises(SystemExit):
-        run_cli("predict", trained.cnn, tmp_path / "ok.png", "--max-pixels", "many")
+        run_cli("predict", trained.cnn, image, "--max-pixels", "many")
     assert "'many' is not a number of pixels" in capsys.readouterr().err
 
 
