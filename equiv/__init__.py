@@ -7,7 +7,6 @@ escnn (slow to import) is loaded only when an equivariant family is built.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import nn
@@ -15,6 +14,7 @@ from torch import nn
 from equiv import checks
 from equiv.export import export_eval
 from equiv.groups import Group, GroupError, parse_group
+from equiv.hparams import MATCH_MODES, POOLS, rules_for, problems as bad_hparams
 
 __all__ = [
     "FAMILIES", "HPARAMS", "Group", "checks", "GroupError", "ModelConfigError", "build_model", "count_params", "export_eval",
@@ -26,8 +26,6 @@ HPARAMS: dict[str, Any] = {
     "width": 16, "depth": 3, "kernel_size": 5, "dropout": 0.0, "match": "params", "max_frequency": 3,
     "pool": "blur",
 }
-_MATCH = ("params", "channels")
-_POOLS = ("blur", "average")  # equiv.cnn.POOLS, named here so validation needs no torch module import
 
 
 class ModelConfigError(ValueError):
@@ -48,7 +46,7 @@ def build_model(family: str, group: str, in_channels: int, num_outputs: int, **h
         raise ModelConfigError(f"unknown model family {family!r}; allowed: {', '.join(FAMILIES)}")
     max_frequency = hparams.get("max_frequency", HPARAMS["max_frequency"])
     # A bad max_frequency is reported with the other hparams below, not as a group error.
-    valid_frequency = _is_int(max_frequency) and max_frequency >= 1
+    valid_frequency = rules_for(family)["max_frequency"].admits(max_frequency)
     parsed = parse_group(group, max_frequency) if valid_frequency else parse_group(group)
     if family in ("cnn", "unet") and parsed.kind != "trivial":
         raise ModelConfigError(f"family {family!r} has no symmetry: group must be 'trivial', got {group!r}; "
@@ -84,32 +82,11 @@ def _validated(in_channels: int, num_outputs: int, hparams: dict[str, Any]) -> d
     """hparams merged over the defaults; every problem is collected and reported in one ModelConfigError."""
     problems = [f"unknown hparam {key!r}; allowed: {', '.join(HPARAMS)}" for key in hparams if key not in HPARAMS]
     config = {**HPARAMS, **{k: v for k, v in hparams.items() if k in HPARAMS}}
-    checks = {
-        "in_channels": (in_channels, _is_int(in_channels) and in_channels >= 1, "an integer >= 1"),
-        "num_outputs": (num_outputs, _is_int(num_outputs) and num_outputs >= 1, "an integer >= 1"),
-        "width": (config["width"], _is_int(config["width"]) and config["width"] >= 1, "an integer >= 1"),
-        "depth": (config["depth"], _is_int(config["depth"]) and config["depth"] >= 1, "an integer >= 1"),
-        "kernel_size": (config["kernel_size"], _is_int(config["kernel_size"]) and config["kernel_size"] >= 1
-                        and config["kernel_size"] % 2 == 1,
-                        "an odd integer >= 1 (odd kernels keep the output centred, hence exact symmetry)"),
-        "dropout": (config["dropout"], _is_number(config["dropout"]) and 0.0 <= config["dropout"] < 1.0,
-                    "a number in [0, 1)"),
-        "match": (config["match"], config["match"] in _MATCH, " or ".join(repr(m) for m in _MATCH)),
-        "max_frequency": (config["max_frequency"], _is_int(config["max_frequency"]) and config["max_frequency"] >= 1,
-                          "an integer >= 1"),
-        "pool": (config["pool"], config["pool"] in _POOLS, " or ".join(repr(p) for p in _POOLS)),
-    }
-    problems += [f"{key}={value!r} is not allowed; allowed: {allowed}" for key, (value, ok, allowed) in checks.items()
-                 if not ok]
+    numbers = {"in_channels": in_channels, "num_outputs": num_outputs, **config}
+    bad = dict(bad_hparams("cnn", numbers))
+    bad.update({key: " or ".join(repr(c) for c in choices) for key, choices in
+                (("match", MATCH_MODES), ("pool", POOLS)) if config[key] not in choices})
+    problems += [f"{key}={numbers[key]!r} is not allowed; allowed: {allowed}" for key, allowed in bad.items()]
     if problems:
         raise ModelConfigError("invalid model configuration: " + "; ".join(problems))
     return config
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-

@@ -18,11 +18,10 @@ from torch import nn
 from equiv.build_cache import load_escnn
 from equiv.export import export_module
 from equiv.groups import Group, gspace
+from equiv.hparams import MATCH_MODES, SEGMENTERS, problems as bad_hparams
 from equiv.init import he_init_
 
-FAMILIES = ("unet", "gunet")
-MATCHES = ("params", "channels")
-MAX_DEPTH = 6
+FAMILIES = SEGMENTERS
 # How far the `gunet` parameter count may drift from the plain U-Net's under match="params".
 PARAM_TOLERANCE = 0.10
 
@@ -89,18 +88,11 @@ def _validate(c: UNetConfig) -> None:
         problems.append(f"group={c.group!r}: must be an equiv.groups.Group (use parse_group)")
     elif c.family == "unet" and c.group.kind != "trivial":
         problems.append(f"group={c.group.name!r} with family 'unet': allowed trivial (use 'gunet' for symmetry)")
-    for key, value, low in (("in_channels", c.in_channels, 1), ("num_outputs", c.num_outputs, 1),
-                            ("width", c.width, 1), ("max_frequency", c.max_frequency, 1)):
-        if not isinstance(value, int) or value < low:
-            problems.append(f"{key}={value!r}: allowed integers >= {low}")
-    if not isinstance(c.depth, int) or not 1 <= c.depth <= MAX_DEPTH:
-        problems.append(f"depth={c.depth!r}: allowed integers 1..{MAX_DEPTH}")
-    if not isinstance(c.kernel_size, int) or c.kernel_size < 1 or c.kernel_size % 2 == 0:
-        problems.append(f"kernel_size={c.kernel_size!r}: allowed odd integers >= 1 (1, 3, 5, ...)")
-    if not isinstance(c.dropout, (int, float)) or not 0.0 <= c.dropout < 1.0:
-        problems.append(f"dropout={c.dropout!r}: allowed 0 <= dropout < 1")
-    if c.match not in MATCHES:
-        problems.append(f"match={c.match!r}: allowed {', '.join(MATCHES)}")
+    numbers = {key: getattr(c, key) for key in ("in_channels", "num_outputs", "width", "depth", "kernel_size",
+                                                "dropout", "max_frequency")}
+    problems += [f"{key}={numbers[key]!r}: allowed {allowed}" for key, allowed in bad_hparams("unet", numbers)]
+    if c.match not in MATCH_MODES:
+        problems.append(f"match={c.match!r}: allowed {', '.join(MATCH_MODES)}")
     if problems:
         raise UNetConfigError("bad U-Net arguments: " + "; ".join(problems))
 

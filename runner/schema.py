@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from runner.spec import BLOCK_OVERRIDABLE, BOUNDS, CHOICES, LIST_VALUED, SECTIONS, field_types
+from runner.spec import BLOCK_OVERRIDABLE, BOUNDS, CHOICES, LIST_VALUED, MODEL_RULES, SECTIONS, field_types
 from runner import config as C
 from runner import search_spec as S
 
@@ -22,7 +22,9 @@ def _scalar(dotted: str, kind: Any) -> dict[str, Any]:
     if bound and bound.low is not None:
         schema["exclusiveMinimum" if bound.low_open else "minimum"] = bound.low
     if bound and bound.high is not None:
-        schema["maximum"] = bound.high
+        schema["exclusiveMaximum" if bound.high_open else "maximum"] = bound.high
+    if dotted in MODEL_RULES and MODEL_RULES[dotted].odd:
+        schema["not"] = {"multipleOf": 2}  # odd kernels only
     return schema
 
 

@@ -6,6 +6,7 @@ family with sub-tables (`[model.augment]`), and its own lists sweep only that bl
 """
 from __future__ import annotations
 
+import codecs
 import copy
 import dataclasses
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from equiv.groups import GroupError, VALID_FORMS, parse_group
+from equiv.hparams import MATCH_MODES, POOLS, RULES, Bound, Rule, rules_for
 from runner import config as C
 from runner.search_spec import FinalSpec, SearchSpec, merge_search, parse_final, parse_search
 
@@ -35,32 +37,18 @@ TOP_LEVEL = ("experiment", "data", "train", "augment", "eval", "grid", "search",
 SEARCHABLE_SECTIONS = ("data", "train", "augment", "model")
 
 
-@dataclass(frozen=True)
-class Bound:
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # True: value must be > low (not >=)
-
-    def admits(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
-    def describe(self) -> str:
-        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
-        high = "" if self.high is None else f"<= {self.high:g}"
-        return " and ".join(p for p in (low, high) if p)
-
-
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": C.SOURCES,
     "train.optimizer": C.OPTIMIZERS,
     "train.schedule": C.SCHEDULES,
     "augment.geometric": C.GEOMETRIC_AUGMENTS,
     "model.family": C.FAMILIES,
-    "model.match": C.MATCH_MODES,
-    "model.pool": C.POOLS,
+    "model.match": MATCH_MODES,
+    "model.pool": POOLS,
 }
+# The model's own rules (equiv.hparams), which its constructors apply too: a spec that validates builds.
+Rules = dict[str, Rule]
+MODEL_RULES: Rules = {f"model.{key}": rule for key, rule in RULES.items()}  # the widest: any family
 BOUNDS: dict[str, Bound] = {
     "data.fraction": Bound(0.0, 1.0, low_open=True),
     "data.train_size": Bound(0),
@@ -79,11 +67,7 @@ BOUNDS: dict[str, Bound] = {
     "augment.brightness": Bound(0.0, 1.0),
     "augment.contrast": Bound(0.0, 1.0),
     "eval.rotation_samples": Bound(1),
-    "model.width": Bound(1, 1024),
-    "model.depth": Bound(1, 8),
-    "model.kernel_size": Bound(1, 15),
-    "model.dropout": Bound(0.0, 1.0),
-    "model.max_frequency": Bound(1, 16),
+    **{dotted: rule.bound for dotted, rule in MODEL_RULES.items()},
 }
 # Lists in these fields are values, not sweeps.
 LIST_VALUED = {"eval.rotation_angles"}
@@ -131,14 +115,52 @@ def read_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     """Read, override and validate a spec file; raise SpecError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(str(path), [("(file)", f"cannot read the spec: {exc.strerror or exc}")]) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(str(path), [("(syntax)", f"not valid TOML: {exc}")]) from None
+        text, raw = load_toml(path)
+    except TomlFileError as exc:
+        raise SpecError(str(path), [(exc.key, exc.message)]) from None
     return parse_spec(raw, str(path), text, overrides)
+
+
+class TomlFileError(Exception):
+    """A file that cannot be read, is not UTF-8 text or is not TOML; `key` is "(file)" or "(syntax)"."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def load_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """The text and the tables of a TOML file (specs, cluster profiles); TomlFileError says what is wrong."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TomlFileError("(file)", f"cannot read the file: {exc.strerror or exc}") from None
+    # Newlines as a text-mode read gave them, so stored spec texts stay as they were.
+    text = _decode_utf8(data).replace("\r\n", "\n").replace("\r", "\n")
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TomlFileError("(syntax)", f"not valid TOML: {exc}") from None
+
+
+# Longest first: a UTF-32 LE mark starts with the UTF-16 LE one.
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                     (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+def _decode_utf8(data: bytes) -> str:
+    for mark, encoding in _BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            raise TomlFileError("(file)", f"is {encoding} text (it starts with a {encoding} byte-order mark), not "
+                                "UTF-8; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")  # Windows editors may start UTF-8 with a byte-order mark: still UTF-8
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise TomlFileError("(file)", f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column "
+                            f"{column}, position {exc.start}); save it as UTF-8") from None
 
 
 def parse_spec(raw: dict[str, Any], path: str, text: str = "", overrides=()) -> Spec:
@@ -247,7 +269,7 @@ def field_types(section: str) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _parse_section(section: str, table: Any, where: str, problems) -> dict[str, Any]:
+def _parse_section(section: str, table: Any, where: str, problems, rules: Rules = MODEL_RULES) -> dict[str, Any]:
     """Validate one table of a section; return {"section.field": value-or-sweep-list}."""
     if not isinstance(table, dict):
         problems.append((where, f"expected a table, got {type(table).__name__}"))
@@ -259,7 +281,7 @@ def _parse_section(section: str, table: Any, where: str, problems) -> dict[str, 
             problems.append((f"{where}.{key}", f"unknown key; allowed in [{section}]: {', '.join(types)}"))
             continue
         dotted = f"{section}.{key}"
-        problem = _check_value(dotted, types[key], value)
+        problem = _check_value(dotted, types[key], value, rules)
         if problem:
             problems.append((f"{where}.{key}", problem))
         else:
@@ -303,7 +325,7 @@ def _parse_blocks(blocks: Any, shared: dict[str, Any], task: str | None, problem
         for dotted, swept in shared.items():
             if dotted.startswith("grid:model.") and dotted[len("grid:model."):] not in scalars:
                 scalars[dotted[len("grid:model."):]] = swept
-        values.update(_parse_section("model", scalars, where, problems))
+        values.update(_parse_section("model", scalars, where, problems, model_rules(task)))
         for section in BLOCK_OVERRIDABLE:
             if section in block:
                 values.update(_parse_section(section, block[section], f"{where}.{section}", problems))
@@ -329,10 +351,6 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
         if group != "trivial" and plain:
             problems.append((f"{where}.group", f"family {plain[0]!r} is a plain CNN: its group must be 'trivial' "
                              f"(got {group!r}); use family 'gcnn'/'gunet' for {group}"))
-    for kernel in _as_list(values.get("model.kernel_size", C.ModelSpec.kernel_size)):
-        if _is_int(kernel) and kernel % 2 == 0:
-            problems.append((f"{where}.kernel_size", f"got {kernel}; allowed: odd integers 1-15 (an odd kernel "
-                             "keeps the sampling grid centred, which exact invariance needs)"))
     if task == "segmentation" and "average" in _as_list(values.get("model.pool", "blur")):
         problems.append((f"{where}.pool", "model.pool applies to the classifiers (cnn, gcnn); the U-Nets always pool "
                          "with 2x2 averages"))
@@ -366,14 +384,15 @@ def _parse_searches(raw: dict[str, Any], blocks: list[ModelBlock], task: str | N
         where = "search" if own is None else f"model[{block.index}].search"
         search = None
         if merged is not None:
-            search = parse_search(merged, where, task, check_search_key, problems)
+            rules = model_rules(task)
+            search = parse_search(merged, where, task, lambda *key: check_search_key(*key, rules=rules), problems)
         if search is not None:
             _check_search_block(search, block, where, problems)
         out.append(dataclasses.replace(block, search=search))
     return out
 
 
-def check_search_key(dotted: str, value: Any, kind: str) -> str | None:
+def check_search_key(dotted: str, value: Any, kind: str, rules: Rules = MODEL_RULES) -> str | None:
     """A problem with one value a search distribution can produce for `dotted`; KeyError: not a spec key."""
     section, _, name = dotted.partition(".")
     types = field_types(section) if section in SEARCHABLE_SECTIONS else {}
@@ -383,7 +402,7 @@ def check_search_key(dotted: str, value: Any, kind: str) -> str | None:
                        "(e.g. train.lr, model.width)")
     if kind in ("log", "uniform") and types[name] is not float:
         return f"{dotted} takes {_type_name(types[name])}: use {{ int = [low, high] }} or a choice"
-    problem = _check_scalar(dotted, types[name], float(value) if types[name] is float else value)
+    problem = _check_scalar(dotted, types[name], float(value) if types[name] is float else value, rules)
     return f"{problem} (for {dotted})" if problem else None
 
 
@@ -417,6 +436,11 @@ def _parse_final(raw: dict[str, Any], blocks: list[ModelBlock], task: str | None
 
 # ---- values ----------------------------------------------------------------------------------------------------
 
+def model_rules(task: str | None) -> Rules:
+    """The model keys' rules for the task's families (a U-Net's depth is narrower than a classifier's)."""
+    return {f"model.{key}": rule for key, rule in rules_for("unet" if task == "segmentation" else "cnn").items()}
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -429,7 +453,7 @@ def _type_name(kind: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, "a list of numbers")
 
 
-def _check_scalar(dotted: str, kind: Any, value: Any) -> str | None:
+def _check_scalar(dotted: str, kind: Any, value: Any, rules: Rules = MODEL_RULES) -> str | None:
     ok = {
         int: _is_int(value),
         float: (_is_int(value) or isinstance(value, float)),
@@ -440,13 +464,15 @@ def _check_scalar(dotted: str, kind: Any, value: Any) -> str | None:
         return f"expected {_type_name(kind)}, got {value!r}"
     if dotted in CHOICES and value not in CHOICES[dotted]:
         return f"got {value!r}; allowed: {', '.join(CHOICES[dotted])}"
+    if dotted in rules and not rules[dotted].admits(value):
+        return f"got {value!r}; allowed: {rules[dotted].describe()}"
     bound = BOUNDS.get(dotted)
     if bound and not bound.admits(value):
         return f"got {value!r}; allowed: {bound.describe()}"
     return None
 
 
-def _check_value(dotted: str, kind: Any, value: Any) -> str | None:
+def _check_value(dotted: str, kind: Any, value: Any, rules: Rules = MODEL_RULES) -> str | None:
     if dotted in LIST_VALUED:
         if not (isinstance(value, list) and value and all(_is_int(v) or isinstance(v, float) for v in value)):
             return f"expected a non-empty list of numbers, got {value!r}"
@@ -456,9 +482,9 @@ def _check_value(dotted: str, kind: Any, value: Any) -> str | None:
             return "an empty list sweeps nothing; give at least one value"
         if len(value) != len({repr(v) for v in value}):
             return f"the sweep repeats a value: {value!r}"
-        problems = [p for p in (_check_scalar(dotted, kind, v) for v in value) if p]
+        problems = [p for p in (_check_scalar(dotted, kind, v, rules) for v in value) if p]
         return problems[0] if problems else None
-    return _check_scalar(dotted, kind, value)
+    return _check_scalar(dotted, kind, value, rules)
 
 
 def _normalise(dotted: str, kind: Any, value: Any) -> Any:

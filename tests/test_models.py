@@ -42,12 +42,13 @@ def test_bad_group_is_a_group_error_with_the_valid_forms():
     [
         ({"widht": 8}, "unknown hparam 'widht'; allowed: width, depth, kernel_size, dropout, match, max_frequency, "
                        "pool"),
-        ({"kernel_size": 4}, "kernel_size=4 is not allowed; allowed: an odd integer >= 1"),
-        ({"width": 0}, "width=0 is not allowed; allowed: an integer >= 1"),
-        ({"depth": 2.0}, "depth=2.0 is not allowed; allowed: an integer >= 1"),
-        ({"dropout": 1.0}, r"dropout=1.0 is not allowed; allowed: a number in \[0, 1\)"),
+        ({"kernel_size": 4}, "kernel_size=4 is not allowed; allowed: odd integers >= 1 and <= 15"),
+        ({"width": 0}, "width=0 is not allowed; allowed: integers >= 1 and <= 1024"),
+        ({"width": 1025}, "width=1025 is not allowed; allowed: integers >= 1 and <= 1024"),
+        ({"depth": 2.0}, "depth=2.0 is not allowed; allowed: integers >= 1 and <= 8"),
+        ({"dropout": 1.0}, "dropout=1.0 is not allowed; allowed: numbers >= 0 and < 1"),
         ({"match": "flops"}, "match='flops' is not allowed; allowed: 'params' or 'channels'"),
-        ({"max_frequency": 0}, "max_frequency=0 is not allowed; allowed: an integer >= 1"),
+        ({"max_frequency": 0}, "max_frequency=0 is not allowed; allowed: integers >= 1 and <= 16"),
         ({"pool": "max"}, "pool='max' is not allowed; allowed: 'blur' or 'average'"),
     ],
 )
