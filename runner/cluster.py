@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.spec import tomllib
+from runner.spec import TomlFileError, load_toml
 
 SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--([a-z][a-z0-9-]*)(?:[= ](.+))?$")
 
@@ -91,11 +91,9 @@ def read_profile(path: str | Path | None, overrides: dict[str, Any], source: str
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ClusterError(str(path), [("(file)", f"cannot be read: {exc.strerror}")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ClusterError(str(path), [("(file)", f"is not valid TOML: {exc}")]) from None
+        _, data = load_toml(path)
+    except TomlFileError as exc:
+        raise ClusterError(str(path), [(exc.key, exc.message)]) from None
     extra = sorted(set(data) - {"slurm"})
     if extra or not isinstance(data.get("slurm"), dict):
         raise ClusterError(str(path), [(key, "unknown section; allowed: [slurm]") for key in extra]

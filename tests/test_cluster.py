@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,19 @@ def test_a_bad_profile_lists_every_problem_and_writes_nothing(tmp_path, capsys):
         read_profile(write(tmp_path, "", "empty.toml"), {})
     with pytest.raises(ClusterError, match=r"cluster: unknown section; allowed: \[slurm\]"):
         read_profile(write(tmp_path, "[cluster]\n", "other.toml"), {})
+
+
+def test_a_profile_that_is_not_utf8_is_bad_input_naming_the_file(tmp_path):
+    profile = tmp_path / "lab.toml"
+    profile.write_bytes('[slurm]\npartition = "café"\n'.encode("latin-1"))
+    root = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "runner", str(write(tmp_path, TINY)), "--root", str(root),
+                           "--cluster", str(profile)], cwd=REFERENCE.parents[2], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (f"{profile}: 1 problem in the cluster settings\n  (file): is not UTF-8 text (byte 0xe9 at line 2, "
+            "column 17, position 24); save it as UTF-8") in done.stderr
+    assert "Traceback" not in done.stderr and not root.exists()
 
 
 @pytest.fixture
