@@ -18,11 +18,14 @@ from runner.cluster import ClusterError, ClusterProfile, read_profile
 from runner.db import JOB_STATUSES, Database, DatabaseError
 from runner.exit_codes import (  # noqa: F401  re-exported: older callers import the codes from here
     EXIT_BAD_INPUT,
+    EXIT_DATABASE_AWAY,
+    EXIT_DISK_FULL,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STILL_RUNNING,
 )
+from runner.faults import DatabaseAway, DiskFull
 from runner.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
 
@@ -61,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--stale-after", type=float, default=300.0,
                      help="seconds without a heartbeat after which a job running on another host is taken over "
                           "(default 300); a dead runner on this host loses its job at once")
+    run.add_argument("--db-retry-seconds", type=float, default=float(os.environ.get("RUNNER_DB_RETRY_SECONDS", 600)),
+                     help="how long a database outage (server restart, dropped connection, lock) is waited out, with "
+                          "backoff, before the runner stops with exit 4 (env RUNNER_DB_RETRY_SECONDS; default 600)")
     add_cluster_options(run)
     report = sub.add_parser("report", parents=[common], help="tables and figures from the database")
     report.add_argument("--experiment", default=None)
@@ -114,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, DatabaseError, ClusterError) as exc:
         errors.print(f"error: {exc}")
         return EXIT_BAD_INPUT
+    except DatabaseAway as exc:
+        errors.print(f"error: {exc}")
+        return EXIT_DATABASE_AWAY
+    except DiskFull as exc:
+        errors.print(f"error: {exc}")
+        return EXIT_DISK_FULL
 
 
 def cmd_run(args) -> int:
@@ -139,6 +151,7 @@ def cmd_run(args) -> int:
     request = RunRequest(spec=spec, jobs=tuple(expand(spec)), root=Path(args.root), db_url=db_url(args),
                          workers=args.workers or 1, retry_failed=args.retry_failed, force=args.force,
                          stale_after=args.stale_after, dry_run=args.dry_run, device=args.device,
+                         db_retry_seconds=args.db_retry_seconds,
                          cluster=cluster, wait=args.wait)
     try:
         return run_spec(request, console)

@@ -4,9 +4,12 @@ SQLite (WAL, busy timeout) at `<root>/results.db` by default; any SQLAlchemy URL
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,17 +36,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from tenacity import (
+    Retrying,
     retry,
+    retry_if_exception,
     retry_if_exception_type,
     retry_if_result,
     stop_after_attempt,
     stop_after_delay,
+    wait_exponential,
     wait_fixed,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from runner.db_errors import bad_url, connection_problem, is_bad_url
+from runner.db_errors import bad_url, connection_problem, is_bad_url, is_disk_full, is_transient, server_name
+from runner.faults import DatabaseAway, DiskFull
+
+log = logging.getLogger("runner.store")
 
 SCHEMA_VERSION = 3
 JOB_STATUSES = ("queued", "running", "done", "failed", "interrupted", "pruned")
@@ -250,6 +259,24 @@ class DatabaseError(Exception):
     """A database problem with the next step in its message."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """A transient failure (server restarting, dropped connection, SQLite lock): the transaction may be run again."""
+
+
+class LostJob(Exception):
+    """This worker no longer holds the job: it was presumed dead and the job went to someone else (or was given
+    back). Nothing was written; the worker must stop training that job at once."""
+
+
+def transaction(method: Callable) -> Callable:
+    """A public method of Database: one transaction, run again after a transient error for up to `retry_seconds`."""
+
+    @functools.wraps(method)
+    def run(self: "Database", *args: Any, **kwargs: Any) -> Any:
+        return self.retrying(lambda: method(self, *args, **kwargs))
+    return run
+
+
 def make_engine(url: str, create: bool = True):
     """An engine for `url`; SQLite gets WAL (readers never block the writer) and a busy timeout."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -258,7 +285,9 @@ def make_engine(url: str, create: bool = True):
             raise DatabaseError(f"{url} has no results yet; run a spec first: python -m runner SPEC")
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = create_engine(_with_driver(url), connect_args=_connect_args(url))
+        # pre_ping: after a server restart the pool holds dead connections; test each before use instead of failing.
+        engine = create_engine(_with_driver(url), connect_args=_connect_args(url),
+                               pool_pre_ping=not url.startswith("sqlite"))
     except Exception as exc:
         if is_bad_url(exc):
             raise DatabaseError(bad_url(url, exc)) from None
@@ -304,14 +333,46 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 class Database:
     """The results database. Every public method is one transaction."""
 
-    def __init__(self, url: str, create: bool = True):
+    def __init__(self, url: str, create: bool = True, retry_seconds: float = 0.0, wait: bool = False):
+        """`retry_seconds`: how long a transaction is retried through a transient outage before DatabaseAway.
+        `wait`: retry the first connection too (workers the runner starts mid-run); without it a server that does
+        not answer when a command starts is bad input, said at once."""
         self.url = url
+        self.retry_seconds = retry_seconds
+        self._away_since: float | None = None
         self.engine = make_engine(url, create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
-            self._check_schema(create)
-        except OperationalError as exc:  # the first connection: server down, credentials, missing database
-            raise DatabaseError(connection_problem(url, exc)) from None
+            self.retrying(lambda: self._check_schema(create)) if wait else self._check_schema(create)
+        except (OperationalError, DatabaseUnavailable) as exc:  # the first connection: down, credentials, no database
+            raise DatabaseError(connection_problem(url, getattr(exc, "__cause__", None) or exc)) from None
+
+    def retrying(self, call: Callable[[], Any]) -> Any:
+        """`call()`, again after each transient error with backoff, for up to `retry_seconds`; one log line when an
+        outage starts and one when it ends. Past the bound: DatabaseAway, naming the server."""
+        attempts = Retrying(retry=retry_if_exception(_worth_retrying), reraise=True,
+                            stop=stop_after_delay(self.retry_seconds), wait=wait_exponential(0.25, max=5),
+                            before_sleep=self._outage)
+        try:
+            result = attempts(call)
+        except (DatabaseUnavailable, DBAPIError) as exc:
+            if not _worth_retrying(exc):
+                raise
+            raise DatabaseAway(
+                f"the database {server_name(self.url)} stayed unreachable for {self.retry_seconds:.0f} s "
+                f"({exc.__cause__ or exc}); no job was failed for it: once it is back, rerun the same command "
+                "(--db-retry-seconds sets how long to wait)") from None
+        if self._away_since is not None:
+            log.warning("database %s is back after %.0f s", server_name(self.url), time.monotonic() - self._away_since)
+            self._away_since = None
+        return result
+
+    def _outage(self, state) -> None:
+        if self._away_since is None:
+            self._away_since = time.monotonic()
+            cause = state.outcome.exception()
+            log.warning("database %s unreachable (%s); retrying for up to %.0f s", server_name(self.url),
+                        str(cause.__cause__ or cause).strip().splitlines()[0], self.retry_seconds)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -320,14 +381,14 @@ class Database:
         try:
             yield session
             session.commit()
-        except OperationalError as exc:
-            session.rollback()
-            raise DatabaseError(
-                f"database {self.url} failed: {exc.orig}. If it says 'locked', another process holds a long "
-                "write; retry, or give each machine its own database with --db."
-            ) from exc
+        except DBAPIError as exc:
+            _rollback(session)
+            problem = _classified(self.url, exc)
+            if problem is None:
+                raise  # e.g. IntegrityError, which callers handle themselves
+            raise problem from exc
         except BaseException:
-            session.rollback()
+            _rollback(session)
             raise
         finally:
             session.close()
@@ -382,6 +443,7 @@ class Database:
 
     # Two runners started together on a new experiment race to insert the same rows: the loser retries and then
     # finds the winner's rows.
+    @transaction
     @retry(retry=retry_if_exception_type(IntegrityError), stop=stop_after_attempt(3), reraise=True)
     def sync_experiment(self, name: str, task: str, spec_path: str, spec_toml: str,
                         jobs: list[tuple[str, str, dict[str, Any]]]) -> tuple[int, int]:
@@ -406,12 +468,14 @@ class Database:
                 added += 1
             return experiment.experiment_id, added
 
+    @transaction
     def jobs(self, experiment_id: int, keys: list[str] | None = None) -> list[JobModel]:
         with self.session() as s:
             query = select(JobModel).where(JobModel.experiment_id == experiment_id).order_by(JobModel.job_id)
             rows = list(s.scalars(query))
         return [r for r in rows if keys is None or r.key in set(keys)]
 
+    @transaction
     def requeue(self, experiment_id: int, keys: list[str], statuses: tuple[str, ...]) -> int:
         """Put jobs with one of `statuses` back in the queue (for --retry-failed and --force); their pruning decisions
         go with them, so the rerun decides afresh."""
@@ -424,12 +488,15 @@ class Database:
             ).values(status="queued", error=None, traceback=None))
             return result.rowcount
 
+    @transaction
     def claim(self, experiment_id: int, keys: list[str], worker: str) -> JobModel | None:
         """Atomically take the next queued or interrupted job among `keys`; None when none is left.
 
         The conditional UPDATE succeeds for exactly one process even when several race for the same row.
         """
         claimable = ("queued", "interrupted")
+        # A claim whose commit succeeded but whose answer was lost to a dropped connection leaves a running job that
+        # no one heartbeats: after --stale-after any runner's reclaim gives it back, so nothing is stuck for good.
         with self.session() as s:
             candidates = list(s.scalars(select(JobModel.job_id).where(
                 JobModel.experiment_id == experiment_id, JobModel.key.in_(keys), JobModel.status.in_(claimable)
@@ -444,11 +511,13 @@ class Database:
                     return s.get(JobModel, job_id)
         return None
 
+    @transaction
     def heartbeat(self, job_id: int, worker: str) -> None:
+        """Say `worker` still runs the job (database clock); LostJob when it no longer holds it."""
         with self.session() as s:
-            s.execute(update(JobModel).where(JobModel.job_id == job_id, JobModel.worker == worker)
-                      .values(heartbeat_at=func.now()))
+            _hold(s, job_id, worker)
 
+    @transaction
     def reclaim_stale(self, experiment_id: int, grace_seconds: float) -> list[str]:
         """Mark running jobs whose heartbeat (database clock) is older than the grace period as interrupted."""
         with self.session() as s:
@@ -460,11 +529,13 @@ class Database:
                 job.status, job.error = "interrupted", f"worker {job.worker} stopped sending heartbeats"
             return [job.label for job in stale]
 
+    @transaction
     def now(self) -> datetime:
         """The database's clock, which heartbeats are written with."""
         with self.session() as s:
             return _now(s)
 
+    @transaction
     def running(self, experiment_id: int | None = None) -> list[tuple[str, JobModel]]:
         """(experiment name, job) for every running job, of one experiment or all."""
         with self.session() as s:
@@ -475,34 +546,42 @@ class Database:
                 query = query.where(JobModel.experiment_id == experiment_id)
             return [(name, job) for name, job in s.execute(query)]
 
+    @transaction
     def release(self, job_id: int, worker: str, error: str) -> bool:
         """Mark a running job interrupted if `worker` still holds it (a claim by someone else is left alone)."""
-        with self.session() as s:
-            result = s.execute(update(JobModel).where(
-                JobModel.job_id == job_id, JobModel.worker == worker, JobModel.status == "running"
-            ).values(status="interrupted", error=error))
-            return result.rowcount == 1
+        return self.mark(job_id, "interrupted", worker, error=error, finished=False)
 
-    def set_provenance(self, job_id: int, **fields: Any) -> None:
+    @transaction
+    def set_provenance(self, job_id: int, worker: str, **fields: Any) -> None:
+        """Where and how `worker` runs the job (device, packages, Slurm ids, parameter count); LostJob if not its."""
         with self.session() as s:
+            _hold(s, job_id, worker)
             s.execute(update(JobModel).where(JobModel.job_id == job_id).values(**fields))
 
-    def record_epochs(self, job_id: int, history: list[tuple[int, dict[str, float]]]) -> None:
-        """Write per-epoch metrics, replacing rows of the same epochs (a resumed job may redo an epoch)."""
+    @transaction
+    def record_epochs(self, job_id: int, worker: str, history: list[tuple[int, dict[str, float]]]) -> None:
+        """Write per-epoch metrics, replacing rows of the same epochs (a resumed job may redo an epoch); LostJob
+        (nothing written) when `worker` no longer holds the job."""
         with self.session() as s:
+            _hold(s, job_id, worker)
             epochs = [epoch for epoch, _ in history]
             s.execute(delete(EpochMetricModel).where(EpochMetricModel.job_id == job_id,
                                                      EpochMetricModel.epoch.in_(epochs)))
             s.add_all(EpochMetricModel(job_id=job_id, epoch=epoch, name=name, value=_finite(value))
                       for epoch, metrics in history for name, value in metrics.items())
 
+    @transaction
     def finish(self, job_id: int, worker: str, final: dict[str, float], rotation: list[tuple[float, str, float]],
                artifacts: dict[str, tuple[str, bytes]], params: int | None) -> bool:
         """Write a job's results and mark it done, all in one transaction; False (nothing written) when another
         worker has taken the job over meanwhile (this one was presumed dead), so results never mix."""
         with self.session() as s:
-            if s.scalar(select(JobModel.worker).where(JobModel.job_id == job_id)) != worker:
-                return False
+            try:
+                _hold(s, job_id, worker)  # locks the row: no one can take the job over until this commits
+            except LostJob:
+                # Done by us already means a commit whose answer was lost, now retried: it stands.
+                return s.scalar(select(JobModel.job_id).where(
+                    JobModel.job_id == job_id, JobModel.worker == worker, JobModel.status == "done")) is not None
             for model in (FinalMetricModel, RotationMetricModel, ArtifactModel):
                 s.execute(delete(model).where(model.job_id == job_id))
             s.add_all(FinalMetricModel(job_id=job_id, name=k, value=_finite(v)) for k, v in final.items())
@@ -512,14 +591,20 @@ class Database:
                 status="done", finished_at=func.now(), params=params, error=None, traceback=None))
             return True
 
-    def mark(self, job_id: int, status: str, error: str | None = None, traceback: str | None = None) -> None:
-        """Mark a job failed or interrupted (with the error and traceback)."""
+    @transaction
+    def mark(self, job_id: int, status: str, worker: str, error: str | None = None, traceback: str | None = None,
+             finished: bool = True) -> bool:
+        """Mark the job `worker` runs failed, interrupted or pruned (with the error and traceback); False (nothing
+        changed) when it no longer holds the job, whose new owner's run stands."""
         with self.session() as s:
-            s.execute(update(JobModel).where(JobModel.job_id == job_id).values(
-                status=status, finished_at=func.now(), error=error, traceback=traceback))
+            values = dict(status=status, error=error, traceback=traceback)
+            result = s.execute(update(JobModel).where(*_held_by(job_id, worker)).values(
+                **values, **({"finished_at": func.now()} if finished else {})))
+            return result.rowcount == 1
 
     # ---- studies: trials, their jobs, pruning decisions --------------------------------------------------------
 
+    @transaction
     def add_trial(self, experiment_id: int, trial: NewTrial) -> bool:
         """Insert a trial, the jobs it needs that do not exist yet, and the links, in one transaction. False (nothing
         written) when another runner has just added the same trial number or job: re-plan and try again."""
@@ -544,6 +629,7 @@ class Database:
         except IntegrityError:
             return False
 
+    @transaction
     def study_snapshot(self, experiment_id: int, metrics: tuple[str, ...]) -> StudySnapshot:
         """Everything a search decision reads, from one transaction (a consistent view while others write)."""
         with self.session() as s:
@@ -566,9 +652,13 @@ class Database:
         jobs, trials, links, epochs, rungs = (tuple(tuple(row) for row in part) for part in rows)
         return StudySnapshot(jobs=jobs, trials=trials, links=links, epochs=epochs, rungs=rungs)
 
-    def record_rungs(self, job_id: int, metric: str, rungs: list[tuple[int, int, float, float | None, int, bool]]) -> None:
-        """Store pruning decisions (rung, epoch, value, cut, competitors, promoted); a rung already decided stays."""
+    @transaction
+    def record_rungs(self, job_id: int, worker: str, metric: str,
+                     rungs: list[tuple[int, int, float, float | None, int, bool]]) -> None:
+        """Store pruning decisions (rung, epoch, value, cut, competitors, promoted); a rung already decided stays.
+        LostJob (nothing stored) when `worker` no longer holds the job."""
         with self.session() as s:
+            _hold(s, job_id, worker)
             decided = set(s.scalars(select(RungModel.rung).where(RungModel.job_id == job_id)))
             s.add_all(RungModel(job_id=job_id, rung=rung, epoch=epoch, metric=metric, value=_finite(value),
                                 cut=_finite(cut), competitors=competitors, promoted=promoted)
@@ -576,10 +666,12 @@ class Database:
 
     # ---- reading -------------------------------------------------------------------------------------------------
 
+    @transaction
     def experiments(self) -> list[ExperimentModel]:
         with self.session() as s:
             return list(s.scalars(select(ExperimentModel).order_by(ExperimentModel.experiment_id)))
 
+    @transaction
     def status_counts(self) -> list[tuple[str, dict[str, int]]]:
         """(experiment name, {status: job count}) for every experiment."""
         with self.session() as s:
@@ -591,23 +683,26 @@ class Database:
                 out.setdefault(name, {})[status] = count
         return list(out.items())
 
+    @transaction
     def find_job(self, prefix: str) -> JobModel:
-        """A job by its id, key or key prefix; DatabaseError listing what matched when it is not unique."""
+        """A job by its id (an exact id always wins: ids are what the tool prints, and keys are hex, so "2" is also a
+        key prefix), else by its key or a key prefix; DatabaseError listing what matched when it is not unique."""
         with self.session() as s:
-            query = select(JobModel).where(JobModel.key.startswith(prefix))
-            if prefix.isdigit():
-                query = select(JobModel).where((JobModel.job_id == int(prefix)) | JobModel.key.startswith(prefix))
-            rows = list(s.scalars(query.limit(6)))
+            exact = s.get(JobModel, int(prefix)) if prefix.isdigit() else None
+            rows = [exact] if exact else list(s.scalars(select(JobModel).where(
+                JobModel.key.startswith(prefix.lower())).order_by(JobModel.job_id).limit(6)))
         if len(rows) != 1:
             found = ", ".join(f"{r.job_id}:{r.key}" for r in rows) or "none"
             raise DatabaseError(f"job {prefix!r} matches {found}; give a job id or more of its key "
                                 "(python -m runner status lists them)")
         return rows[0]
 
+    @transaction
     def rungs_of(self, job_id: int) -> list[RungModel]:
         with self.session() as s:
             return list(s.scalars(select(RungModel).where(RungModel.job_id == job_id).order_by(RungModel.rung)))
 
+    @transaction
     def metrics_of(self, job_id: int) -> tuple[list[EpochMetricModel], list[FinalMetricModel]]:
         with self.session() as s:
             epochs = list(s.scalars(select(EpochMetricModel).where(EpochMetricModel.job_id == job_id)
@@ -615,6 +710,47 @@ class Database:
             final = list(s.scalars(select(FinalMetricModel).where(FinalMetricModel.job_id == job_id)
                                    .order_by(FinalMetricModel.name)))
         return epochs, final
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    return isinstance(exc, DatabaseUnavailable) or (isinstance(exc, DBAPIError) and is_transient(exc))
+
+
+def _held_by(job_id: int, worker: str) -> tuple:
+    """The WHERE of every write a worker makes to its job: still its worker, still running, in the same statement
+    (a read-then-write would let a takeover slip in between under read-committed isolation)."""
+    return JobModel.job_id == job_id, JobModel.worker == worker, JobModel.status == "running"
+
+
+def _hold(session: Session, job_id: int, worker: str) -> None:
+    """Refresh the heartbeat of the job `worker` runs, which also locks its row until the transaction ends; LostJob
+    when it is no longer that worker's running job."""
+    if session.execute(update(JobModel).where(*_held_by(job_id, worker)).values(heartbeat_at=func.now())).rowcount:
+        return
+    owner, status = session.execute(select(JobModel.worker, JobModel.status).where(JobModel.job_id == job_id)).one()
+    raise LostJob(f"job {job_id} is no longer held by {worker}: it is {status}"
+                  + (f" under {owner}" if owner and owner != worker else ""))
+
+
+def _rollback(session: Session) -> None:
+    """Roll back; on a connection that just died there is nothing to roll back, and the error that killed it is the
+    one to report."""
+    try:
+        session.rollback()
+    except DBAPIError:
+        pass
+
+
+def _classified(url: str, exc: DBAPIError) -> Exception | None:
+    """The driver's error as ours: DiskFull, DatabaseUnavailable (worth retrying), DatabaseError; None: not ours."""
+    if is_disk_full(exc):
+        where = url[len("sqlite:///"):] if url.startswith("sqlite:///") else server_name(url)
+        return DiskFull(f"no space left for the database {where} ({exc.orig}); free space, then rerun")
+    if is_transient(exc):
+        return DatabaseUnavailable(f"database {server_name(url)}: {str(exc.orig).strip().splitlines()[0]}")
+    if isinstance(exc, OperationalError):
+        return DatabaseError(f"database {server_name(url)} failed: {exc.orig}")
+    return None
 
 
 def _new_job(experiment_id: int, key: str, label: str, config: dict[str, Any]) -> JobModel:

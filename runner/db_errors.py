@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 # (pattern in the driver's message, what went wrong, what to do); the first match wins.
 PROBLEMS = (
@@ -23,11 +23,38 @@ PROBLEMS = (
 )
 
 
+# Driver messages of failures that pass: a server restarting or shutting down, a dropped connection, a long lock.
+TRANSIENT = re.compile(
+    r"connection refused|could not connect|server closed the connection|terminating connection|connection (is|was|"
+    r"has been) closed|connection reset|consuming input failed|ssl syscall|ssl connection has been closed|"
+    r"database system is (starting up|shutting down|in recovery mode)|no connection to the server|"
+    r"broken pipe|timeout expired|database is locked|cannot connect now",
+    re.IGNORECASE)
+DISK_FULL = re.compile(r"database or disk is full|no space left on device|could not extend file", re.IGNORECASE)
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """True for failures worth retrying the whole transaction after (the database is there, or will be, again)."""
+    return bool(exc.connection_invalidated) or (
+        isinstance(exc, (OperationalError, InterfaceError)) and bool(TRANSIENT.search(str(exc.orig))))
+
+
+def is_disk_full(exc: DBAPIError) -> bool:
+    return bool(DISK_FULL.search(str(exc.orig)))
+
+
+def server_name(url: str) -> str:
+    """The server as people name it: host:port (never the password), or the SQLite file."""
+    parsed = make_url(url)
+    if parsed.host or parsed.port:
+        return f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+    return parsed.render_as_string(hide_password=True)
+
+
 def connection_problem(url: str, exc: BaseException) -> str:
     """One line for a failed connection: the server (never its password), the cause, the next step."""
     parsed = make_url(url)
-    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}" if parsed.host or parsed.port else \
-        parsed.render_as_string(hide_password=True)
+    where = server_name(url)
     message = str(getattr(exc, "orig", None) or exc)
     for pattern, what, todo in PROBLEMS:
         if match := re.search(pattern, message, re.IGNORECASE):

@@ -7,28 +7,35 @@ worker takes its job over and resumes it from its last checkpoint: at once when 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
 
 from runner import checkpoint, liveness, train
-from runner.db import Database
+from runner.db import Database, LostJob
 from runner.device import describe, limit_threads, peak_memory_mb, pick_device, threads_per_worker
 from runner.display import make_display
+from runner.faults import DatabaseAway, DiskFull
 from runner.grid import config_from_dict
 from runner.provenance import collect
 from runner.spec import Spec
 
 PLAN_POLL_SECONDS = 2.0  # how often an idle worker of a study looks again while other runners' jobs finish
+RESTARTS_PER_SLOT = 2  # a --workers slot whose process keeps dying (a job that always exhausts memory) then stays empty
+# Statuses a worker returns for a job it stopped because of a fault that is not the job's (runner/faults.py).
+FAULTS = {DiskFull: "disk_full", DatabaseAway: "database_away"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class WorkerOptions:
     device: str = "auto"  # auto | cpu | cuda | mps
     spec: Spec | None = None  # set for a study: idle workers ask runner.search for new trials and final jobs
     threads: int = 0  # torch CPU threads of this worker; 0 keeps torch's default (every core)
+    db_retry_seconds: float = 600.0  # how long a database outage is waited out before the worker stops (exit 4)
 
 
 class StopFlag:
@@ -52,6 +60,7 @@ class StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum: int | None = None
+        self.fault: Exception | None = None  # a DiskFull or DatabaseAway that stopped the worker
 
     def install(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
         for sig in signals:
@@ -83,7 +92,8 @@ def take_over_dead_here(db: Database, experiment_id: int) -> list[str]:
 
 def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str, int]:
     """Claim and run jobs until none is left or a stop is requested; returns counts by final status."""
-    db = Database(options.db_url)
+    # wait: a worker process or Slurm task may start while the server restarts; the parent checked the URL already.
+    db = Database(options.db_url, retry_seconds=options.db_retry_seconds, wait=True)
     name = worker_name(options.worker_index)
     device = pick_device(options.worker_index, options.device)
     counts: dict[str, int] = {}
@@ -136,41 +146,48 @@ def _claimable(db: Database, experiment_id: int, keys) -> bool:
     return any(row.status in ("queued", "interrupted") for row in db.jobs(experiment_id, list(keys)))
 
 
-def _prune_hook(db: Database, options: WorkerOptions, job_id: int):
+def _prune_hook(db: Database, options: WorkerOptions, job_id: int, worker: str):
     if options.spec is None or not any(b.search and b.search.prune != "none" for b in options.spec.blocks):
         return lambda epochs: None
     from runner import search
 
-    return lambda epochs: search.prune_check(db, options.spec, options.experiment_id, job_id, epochs)
+    return lambda epochs: search.prune_check(db, options.spec, options.experiment_id, job_id, worker, epochs)
 
 
 def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: StopFlag, display) -> str:
     config = config_from_dict(json.loads(job.config_json))
-    db.set_provenance(job.job_id, **collect(describe(device)))
     if display:
         display.job_started(job.label)
+    # Every write below is owner-checked: a hook that finds the job gone raises LostJob and training stops there.
     hooks = train.Hooks(
-        record_epochs=lambda history: _record(db, job, history, display),
+        record_epochs=lambda history: _record(db, job, name, history, display),
         heartbeat=_throttled(lambda: db.heartbeat(job.job_id, name), options.heartbeat_every),
         should_stop=stop.is_set,
         progress=(lambda info: display.batch(job.label, info)) if display else (lambda info: None),
-        on_model=lambda params: db.set_provenance(job.job_id, params=params),
-        after_epoch=_prune_hook(db, options, job.job_id),
+        on_model=lambda params: db.set_provenance(job.job_id, name, params=params),
+        after_epoch=_prune_hook(db, options, job.job_id, name),
+        before_save=lambda: db.heartbeat(job.job_id, name),  # never write a checkpoint that is no longer ours
     )
     path = checkpoint.checkpoint_path(options.root, job.key)
     try:
+        db.set_provenance(job.job_id, name, **collect(describe(device)))
         result = train.run(config, path, options.root / "data", device, hooks)
     except (train.Interrupted, KeyboardInterrupt) as exc:
-        db.mark(job.job_id, "interrupted", error=str(exc) or "interrupted")
+        db.mark(job.job_id, "interrupted", name, error=str(exc) or "interrupted")
         _ended(display, job.label, "interrupted", "(rerun the spec to resume from its checkpoint)")
         stop.event.set()
         return "interrupted"
     except train.Pruned as exc:
-        db.mark(job.job_id, "pruned", error=str(exc))
+        db.mark(job.job_id, "pruned", name, error=str(exc))
         _ended(display, job.label, "pruned", str(exc).removeprefix("pruned "))
         return "pruned"
+    except LostJob as exc:  # presumed dead while alive (a stalled node): the new owner's run stands
+        _ended(display, job.label, "lost", f"({exc}; stopped training it)")
+        return "lost"
+    except (DiskFull, DatabaseAway) as exc:
+        return _fault(db, job, name, exc, stop, display)
     except Exception as exc:  # noqa: BLE001 - any job failure is recorded and the other jobs go on
-        db.mark(job.job_id, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        db.mark(job.job_id, "failed", name, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         _ended(display, job.label, "failed", f"{type(exc).__name__}: {exc}")
         return "failed"
     if not db.finish(job.job_id, name, result.final, result.rotation, result.artifacts, result.params):
@@ -180,8 +197,24 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
     return "done"
 
 
-def _record(db: Database, job, history, display) -> None:
-    db.record_epochs(job.job_id, history)
+def _fault(db: Database, job, name: str, exc: Exception, stop: StopFlag, display) -> str:
+    """Give the job back whole (it is resumable: the disk or the database failed, not the job) and stop this worker.
+
+    Giving back is best effort: with the database away, or SQLite on the full disk, the job stays `running` under this
+    worker's name, and the next run on this host takes it over at once because this process will be gone."""
+    db.retry_seconds = 0  # this worker stops now; waiting out the bound a second time would only delay that
+    try:
+        db.release(job.job_id, name, str(exc))
+    except Exception:  # noqa: BLE001 - see the docstring: the takeover covers it
+        pass
+    _ended(display, job.label, "stopped", str(exc))
+    stop.fault = exc
+    stop.event.set()
+    return next(status for kind, status in FAULTS.items() if isinstance(exc, kind))
+
+
+def _record(db: Database, job, name: str, history, display) -> None:
+    db.record_epochs(job.job_id, name, history)
     if display and history:
         display.epoch_done(job.label, *history[-1])
 
@@ -223,30 +256,104 @@ def run_jobs(options: WorkerOptions, workers: int, total: int) -> dict[str, int]
 
 
 def _run_processes(options: WorkerOptions, workers: int, stop: StopFlag) -> dict[str, int]:
+    """Run `workers` worker processes until all have ended; a worker that dies (the OOM killer's SIGKILL) loses its
+    job to the others at once and is replaced, at most RESTARTS_PER_SLOT times per slot."""
     context = multiprocessing.get_context("spawn")  # fork would copy CUDA state and open database handles
-    threads = options.threads or threads_per_worker(workers)
-    with context.Pool(workers) as pool:
-        pending = [pool.apply_async(_process_main, (WorkerOptions(**{**vars(options), "worker_index": i,
-                                                                     "threads": threads}),))
-                   for i in range(workers)]
-        while not all(p.ready() for p in pending):
-            time.sleep(0.5)
+    options = replace(options, threads=options.threads or threads_per_worker(workers))
+    running = [_start(context, options, index) for index in range(workers)]
+    counts: dict[str, int] = {}
+    try:
+        while running:
+            # Sentinels, not results: a killed process never sends one, but its sentinel always becomes ready.
+            ended = set(multiprocessing.connection.wait([s.process.sentinel for s in running], timeout=0.5))
             if stop.is_set():
-                for child in multiprocessing.active_children():
-                    os.kill(child.pid, signal.SIGTERM)
-                break
-        counts: dict[str, int] = {}
-        for p in pending:
-            for status, n in p.get().items():
-                counts[status] = counts.get(status, 0) + n
+                _terminate(running)
+            for slot in [s for s in running if s.process.sentinel in ended]:
+                running.remove(slot)
+                result = _result(slot)
+                if result is None:
+                    running.extend(_after_death(context, options, slot, stop))
+                for status, n in (result or {}).items():
+                    counts[status] = counts.get(status, 0) + n
+    finally:
+        _terminate(running)  # only left on an exception here (a second Ctrl-C): no worker outlives the runner
     return counts
 
 
-def _process_main(options: WorkerOptions) -> dict[str, int]:
+@dataclass
+class _Slot:
+    """One worker process of `--workers N`, and how often its slot has been restarted."""
+
+    index: int
+    process: multiprocessing.process.BaseProcess
+    results: Connection  # the worker sends its counts here just before it exits; a dead one never does
+    restarts: int = 0
+
+
+def _start(context, options: WorkerOptions, index: int, restarts: int = 0) -> _Slot:
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_process_main, args=(replace(options, worker_index=index), writer),
+                              name=f"runner-worker-{index}", daemon=True)
+    process.start()
+    writer.close()  # the child holds the only writer now, so a dead child leaves the reader at EOF
+    return _Slot(index, process, reader, restarts)
+
+
+def _result(slot: _Slot) -> dict[str, int] | None:
+    """The counts an ended worker sent; None when it died without sending them."""
+    slot.process.join()
+    try:
+        return slot.results.recv() if slot.results.poll() else None
+    except EOFError:
+        return None
+    finally:
+        slot.results.close()
+
+
+def _after_death(context, options: WorkerOptions, slot: _Slot, stop: StopFlag) -> list[_Slot]:
+    """Give a dead worker's job back and start a replacement (none when stopping, or when the slot keeps dying)."""
+    released = _release_dead(options)
+    cause = _exit_cause(slot.process.exitcode)
+    jobs = f"its job {', '.join(released)} goes back to the queue" if released else "it held no job"
+    if stop.is_set():
+        print(f"worker {slot.index} (pid {slot.process.pid}) ended ({cause}) while stopping; {jobs}", flush=True)
+        return []
+    if slot.restarts >= RESTARTS_PER_SLOT:
+        print(f"worker {slot.index} (pid {slot.process.pid}) died ({cause}), death {slot.restarts + 1} of this slot: "
+              f"not restarting it again; {jobs}; the other workers go on", flush=True)
+        return []
+    print(f"worker {slot.index} (pid {slot.process.pid}) died ({cause}); {jobs}; starting a replacement "
+          f"({slot.restarts + 1} of {RESTARTS_PER_SLOT})", flush=True)
+    return [_start(context, options, slot.index, slot.restarts + 1)]
+
+
+def _release_dead(options: WorkerOptions) -> list[str]:
+    try:
+        return take_over_dead_here(Database(options.db_url), options.experiment_id)
+    except Exception:  # noqa: BLE001 - best effort: every worker takes dead workers' jobs over before its next claim
+        return []
+
+
+def _exit_cause(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"  # SIGKILL: the kernel's out-of-memory killer, or kill -9
+    return f"exit code {code}"
+
+
+def _terminate(slots: list[_Slot]) -> None:
+    """Ask each living worker to stop: it checkpoints at its next batch, gives its job back and exits."""
+    for slot in slots:
+        if slot.process.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.process.pid, signal.SIGTERM)
+
+
+def _process_main(options: WorkerOptions, results: Connection) -> None:
     if options.threads:
         limit_threads(options.threads)
     stop = StopFlag()
     stop.install()
     from runner.display import PlainDisplay
 
-    return run_worker(options, stop, PlainDisplay(len(options.keys)))
+    results.send(run_worker(options, stop, PlainDisplay(len(options.keys))))
+    results.close()

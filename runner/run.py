@@ -15,8 +15,16 @@ from runner import execute
 from runner.cluster import ClusterProfile
 from runner.data import check_source
 from runner.db import FINISHED, Database
-from runner.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STILL_RUNNING
+from runner.exit_codes import (
+    EXIT_DATABASE_AWAY,
+    EXIT_DISK_FULL,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STILL_RUNNING,
+)
 from runner.grid import Job
+from runner.progress import Work, work
 from runner.running_view import running_lines, running_rows
 from runner.spec import Spec
 
@@ -30,6 +38,7 @@ class RunRequest:
     retry_failed: bool = False
     force: bool = False
     stale_after: float = 300.0
+    db_retry_seconds: float = 600.0  # a database outage shorter than this is waited out; longer stops with exit 4
     dry_run: bool = False
     device: str = "auto"
     cluster: ClusterProfile | None = None  # set: submit a Slurm job array instead of running here
@@ -44,7 +53,7 @@ def run_spec(request: RunRequest, console: Console) -> int:
         if request.spec.searched:
             console.print(study_table(request.spec))
         return EXIT_OK
-    db = Database(request.db_url)
+    db = Database(request.db_url, retry_seconds=request.db_retry_seconds)  # unreachable now: bad input, at once
     experiment_id, added = db.sync_experiment(
         request.spec.name, request.spec.task, request.spec.path, request.spec.text,
         [(job.key, job.label, job.config.to_dict()) for job in request.jobs],
@@ -54,27 +63,53 @@ def run_spec(request: RunRequest, console: Console) -> int:
     before = {row.key: row.status for row in db.jobs(experiment_id, keys)}
     ended = FINISHED if request.spec.searched else ("done",)  # a pruned trial is as final as a done one
     todo = [k for k in keys if before[k] not in ended]
-    console.print(f"{request.spec.name}: {len(keys) - len(todo)} of {len(keys)} jobs already done"
-                  + (f", {added} new" if added else "") + f"; results in {db.url}")
+    console.print(done_line(request, keys, todo, added, db.url))
     if not todo and not request.spec.searched:
         return EXIT_OK
     options = execute.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
                                     keys=tuple(keys), stale_after=request.stale_after, device=request.device,
+                                    db_retry_seconds=request.db_retry_seconds,
                                     spec=request.spec if request.spec.searched else None)
     total = max(len(todo), study_size(request.spec))  # a study adds its jobs as it goes
     if request.cluster is not None:
-        return on_slurm(request, options, db, keys, total, console)
+        return on_slurm(request, options, db, total, console)
     counts = execute.run_jobs(options, request.workers, total=total)
-    return summarise(db, experiment_id, spec_keys(db, experiment_id, request), counts, console)
+    if (code := fault_exit(counts, console)) is not None:
+        return code
+    return summarise(db, experiment_id, request, counts, console)
+
+
+def fault_exit(counts: dict[str, int], console: Console) -> int | None:
+    """The exit code of a run that a full disk or an absent database stopped (the job was given back, never failed);
+    None otherwise. The summary is skipped: it would need the database or the disk that just failed."""
+    if counts.get("database_away"):
+        console.print("Stopped: the database stayed away (see above). No job failed; once the server is back, rerun "
+                      "the same command to continue from the last checkpoints.")
+        return EXIT_DATABASE_AWAY
+    if counts.get("disk_full"):
+        console.print("Stopped: a disk is full (see above). The job was given back with its last good checkpoint; free "
+                      "space, then rerun the same command to continue.")
+        return EXIT_DISK_FULL
+    return None
 
 
 def spec_keys(db: Database, experiment_id: int, request: RunRequest) -> list[str]:
     """The grid's jobs, and for a study also every trial and final job it has added so far."""
-    if not request.spec.searched:
-        return [job.key for job in request.jobs]
-    from runner import search
+    return list(spec_work(db, experiment_id, request).keys)
 
-    return list(search.current(db, request.spec, experiment_id).keys)
+
+def spec_work(db: Database, experiment_id: int, request: RunRequest) -> Work:
+    """The spec's jobs now and, for a study, what its planner will still add (the rule tasks requeue by)."""
+    spec = request.spec if request.spec.searched else None
+    return work(db, experiment_id, spec, [job.key for job in request.jobs])
+
+
+def done_line(request: RunRequest, keys: list[str], todo: list[str], added: int, url: str) -> str:
+    """The run's first line. A fresh study has no job yet: its planner samples trials as workers ask."""
+    if request.spec.searched and not keys:
+        return f"{request.spec.name}: study: trials are sampled as it runs; results in {url}"
+    return (f"{request.spec.name}: {len(keys) - len(todo)} of {len(keys)} jobs already done"
+            + (f", {added} new" if added else "") + f"; results in {url}")
 
 
 def study_size(spec: Spec) -> int:
@@ -106,8 +141,7 @@ def study_table(spec: Spec) -> Table:
     return table
 
 
-def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, keys: list[str], todo: int,
-             console: Console) -> int:
+def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, todo: int, console: Console) -> int:
     from runner.executors import slurm
 
     profile = replace(request.cluster, workers=min(request.cluster.workers, todo))  # no task without a job
@@ -116,11 +150,11 @@ def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, 
     if not request.wait:
         return EXIT_OK
     try:
-        slurm.follow(submission, db, options.experiment_id, keys, console)
+        slurm.follow(submission, lambda: spec_work(db, options.experiment_id, request), console)
     except KeyboardInterrupt:
         console.print(f"Stopped following; the array goes on (scancel {submission.job_id} cancels it).")
         return EXIT_INTERRUPTED
-    return summarise(db, options.experiment_id, keys, {}, console)
+    return summarise(db, options.experiment_id, request, {}, console)
 
 
 def check_sources(request: RunRequest) -> None:
@@ -150,20 +184,14 @@ def requeue(db: Database, experiment_id: int, keys: list[str], request: RunReque
         db.requeue(experiment_id, keys, ("failed",))
 
 
-def summarise(db: Database, experiment_id: int, keys: list[str], counts: dict[str, int], console: Console) -> int:
-    rows = db.jobs(experiment_id, keys)
-    table = Table(title="jobs", show_lines=False)
-    for column in ("job", "label", "status", "note"):
-        table.add_column(column)
-    for row in rows:
-        note = (row.error or "")[:80] if row.status != "done" else ""
-        table.add_row(str(row.job_id), row.label, row.status, note)
-    console.print(table)
-    statuses = [row.status for row in rows]
+def summarise(db: Database, experiment_id: int, request: RunRequest, counts: dict[str, int], console: Console) -> int:
+    """The experiment's jobs now (a study's as its planner sees them) and the exit code that says what is left."""
+    now = spec_work(db, experiment_id, request)
+    console.print(results_table(now) if now.jobs else "No job has been added to the study yet.")
     if counts.get("interrupted") or counts.get("stopped"):
         console.print("Interrupted: rerun the same command to resume from the last checkpoints.")
         return EXIT_INTERRUPTED
-    if "failed" in statuses:
+    if now.count("failed"):
         console.print("Some jobs failed: `python -m runner show JOB` prints the traceback; "
                       "rerun with --retry-failed after fixing the cause.")
         return EXIT_FAILED
@@ -173,12 +201,22 @@ def summarise(db: Database, experiment_id: int, keys: list[str], counts: dict[st
                       "finished:\n" + running_lines(held) + "\n`python -m runner status` follows them; rerunning "
                       "this spec takes over a job whose runner has died.")
         return EXIT_STILL_RUNNING
-    left = statuses.count("queued") + statuses.count("interrupted")
-    if left:
-        console.print(f"{left} jobs were given back while this run ended; rerun the same command to run them.")
+    if not now.finished:
+        console.print(f"Not finished: {now.describe_left()}; no runner is left on it. Rerun the same command to "
+                      "continue (finished jobs are kept).")
         return EXIT_INTERRUPTED
     console.print("All jobs done. Next: python -m runner report")
     return EXIT_OK
+
+
+def results_table(now: Work) -> Table:
+    table = Table(title="jobs", show_lines=False)
+    for column in ("job", "label", "status", "note"):
+        table.add_column(column)
+    for row in now.jobs:
+        note = (row.error or "")[:80] if row.status != "done" else ""
+        table.add_row(str(row.job_id), row.label, row.status, note)
+    return table
 
 
 def job_table(jobs, title: str) -> Table:

@@ -50,6 +50,8 @@ class Hooks:
     on_model: Callable[[int], None] = lambda params: None
     # After each recorded epoch (epochs completed): a reason to stop (pruning), or None to go on.
     after_epoch: Callable[[int], str | None] = lambda epochs: None
+    # Right before each checkpoint write: raises when the job is no longer this worker's to write.
+    before_save: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
             if hooks.should_stop() or time.monotonic() - last_save > 60 * config.train.checkpoint_minutes:
                 progress.train_seconds += time.monotonic() - start
                 start = time.monotonic()
+                hooks.before_save()
                 save(ckpt_path, config, model, optimizer, scheduler, scaler, augment_rng, progress, best_state)
                 last_save = time.monotonic()
                 if hooks.should_stop():
@@ -127,6 +130,7 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
         progress.history.append((progress.epoch, metrics))
         scheduler.step()
         progress.epoch, progress.batch, progress.loss_sum, progress.seen = progress.epoch + 1, 0, 0.0, 0
+        hooks.before_save()
         save(ckpt_path, config, model, optimizer, scheduler, scaler, augment_rng, progress, best_state)
         last_save = time.monotonic()
         hooks.record_epochs(progress.history[-1:])

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVER_USER = "postgres"  # created by Debian's package; the server refuses to run as root
@@ -28,9 +29,36 @@ def find_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+@dataclass(frozen=True)
+class Server:
+    """A throwaway server that tests may stop and start again (a restart by its admin, a crash)."""
+
+    bindir: Path
+    folder: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        _start(self.bindir, self.folder, self.port)
+
+    def stop(self, mode: str = "fast") -> None:
+        """`mode` immediate is a crash as far as clients can tell: connections cut, no goodbye."""
+        _run([str(self.bindir / "pg_ctl"), "-D", "data", "-m", mode, "-w", "stop"], self.folder)
+
+
 @contextmanager
 def running_server() -> Iterator[str]:
     """Start a server, yield its superuser URL, then stop it and delete its files."""
+    with own_server() as server:
+        yield server.url
+
+
+@contextmanager
+def own_server() -> Iterator[Server]:
+    """Start a server, yield it, then stop it (if still running) and delete its files."""
     bindir = find_bindir()
     if bindir is None:
         raise RuntimeError("no PostgreSQL binaries found; install them (apt-get install postgresql) "
@@ -38,14 +66,15 @@ def running_server() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="runner-pg-"))
     try:
         _give_to_server_user(folder)
-        port = _free_port()
+        server = Server(bindir, folder, _free_port())
         _run([str(bindir / "initdb"), "-D", "data", "-U", "postgres", "-A", "trust", "-E", "UTF8",
               "--no-locale", "--no-sync"], folder)
-        _start(bindir, folder, port)
+        server.start()
         try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+            yield server
         finally:
-            _run([str(bindir / "pg_ctl"), "-D", "data", "-m", "fast", "-w", "stop"], folder)
+            if (folder / "data" / "postmaster.pid").exists():
+                server.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -88,13 +88,13 @@ def _run(db: Database, experiment_id: int, key: str, curve: tuple[float, ...], s
          final: dict[str, float] | None) -> None:
     """Take the job through the real worker calls: claim, per-epoch metrics, then done or a pruning decision."""
     job = db.claim(experiment_id, [key], WORKER)
-    db.record_epochs(job.job_id, [(epoch, {"valid_auc": value}) for epoch, value in enumerate(curve)])
+    db.record_epochs(job.job_id, WORKER, [(epoch, {"valid_auc": value}) for epoch, value in enumerate(curve)])
     if status == "pruned":
-        db.record_rungs(job.job_id, "valid_auc", [(0, 1, curve[0], 0.80, 3, False)])
-        db.mark(job.job_id, "pruned", error=f"pruned at rung 0 (epoch 1): valid_auc {curve[0]} did not reach the "
+        db.record_rungs(job.job_id, WORKER, "valid_auc", [(0, 1, curve[0], 0.80, 3, False)])
+        db.mark(job.job_id, "pruned", WORKER, error=f"pruned at rung 0 (epoch 1): valid_auc {curve[0]} did not reach the "
                                             "cut 0.8 among 3 jobs")
         return
-    db.record_rungs(job.job_id, "valid_auc", [(0, 1, curve[0], 0.80, 3, True)])
+    db.record_rungs(job.job_id, WORKER, "valid_auc", [(0, 1, curve[0], 0.80, 3, True)])
     db.finish(job.job_id, WORKER, final, rotation=[], artifacts={}, params=1000)
 
 

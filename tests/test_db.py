@@ -1,14 +1,18 @@
 """The results database: schema versions, atomic claims under concurrency, stale heartbeats, idempotent writes."""
 from __future__ import annotations
 
+import hashlib
+import logging
 import multiprocessing
+import time
 from datetime import datetime
 
 import pytest
 from sqlalchemy import inspect
 from sqlalchemy import update
 
-from runner.db import Database, DatabaseError, JobModel, SchemaVersionModel
+from runner.db import Database, DatabaseError, DatabaseUnavailable, JobModel, LostJob, SchemaVersionModel
+from runner.faults import DatabaseAway
 
 CONFIG = {"model": {"family": "cnn", "group": "trivial"}, "seed": 0}
 
@@ -94,8 +98,8 @@ def test_stale_running_jobs_are_reclaimed(db_url):
 def test_epoch_records_replace_a_redone_epoch(db_url):
     db, experiment_id, keys = make_db(db_url, jobs=1)
     job = db.claim(experiment_id, keys, "w")
-    db.record_epochs(job.job_id, [(0, {"valid_auc": 0.5}), (1, {"valid_auc": 0.6})])
-    db.record_epochs(job.job_id, [(1, {"valid_auc": 0.7, "valid_loss": float("nan")})])
+    db.record_epochs(job.job_id, "w", [(0, {"valid_auc": 0.5}), (1, {"valid_auc": 0.6})])
+    db.record_epochs(job.job_id, "w", [(1, {"valid_auc": 0.7, "valid_loss": float("nan")})])
     epochs, _ = db.metrics_of(job.job_id)
     assert [(m.epoch, m.name, m.value) for m in epochs] == [(0, "valid_auc", 0.5), (1, "valid_auc", 0.7),
                                                            (1, "valid_loss", None)]
@@ -157,7 +161,106 @@ def test_a_version_1_database_is_migrated_in_place_keeping_its_jobs(db_url):
     assert migrated._schema_version() == 3
     assert {"trials", "trial_jobs", "rungs"} <= set(inspect(migrated.engine).get_table_names())
     assert [j.key for j in migrated.jobs(experiment_id)] == keys
-    migrated.set_provenance(migrated.jobs(experiment_id)[0].job_id, slurm_job_id="77", slurm_array_task_id=1,
-                            slurm_node="n1")
+    job = migrated.claim(experiment_id, keys, "w")
+    migrated.set_provenance(job.job_id, "w", slurm_job_id="77", slurm_array_task_id=1, slurm_node="n1")
     assert migrated.find_job("1").slurm_node == "n1"
     assert Database(db_url)._schema_version() == 3  # opening again changes nothing
+
+
+def hex_keys(count: int) -> list[str]:
+    """Real job keys (sha256 hex), with the third one starting with "2", the id of the second: the clash users met."""
+    keys = [hashlib.sha256(f"job {i}".encode()).hexdigest() for i in range(count)]
+    keys[2] = "2" + keys[2][1:]
+    keys[3] = keys[2][:6] + keys[3][6:]  # two keys share a 6-character prefix
+    return keys
+
+
+def test_an_exact_job_id_always_wins_over_a_hex_key_prefix(db_url):
+    db = Database(db_url)
+    keys = hex_keys(12)
+    experiment_id, _ = db.sync_experiment("e", "classification", "e.toml", "", [(k, k[:8], CONFIG) for k in keys])
+    for job in db.jobs(experiment_id):
+        assert db.find_job(str(job.job_id)).job_id == job.job_id
+        assert db.find_job(job.key[:7]).job_id == job.job_id  # a key prefix still finds its job
+        assert db.find_job(job.key.upper()[:7]).job_id == job.job_id
+    with pytest.raises(DatabaseError, match="matches none"):
+        db.find_job("99")  # an id that does not exist is not taken as a key prefix of some other job
+    with pytest.raises(DatabaseError, match=f"matches 3:{keys[2]}, 4:{keys[3]}"):
+        db.find_job(keys[2][:6])
+
+
+def presumed_dead(db: Database, experiment_id: int, keys: list[str]) -> tuple[JobModel, JobModel]:
+    """`slow` claims the job, stalls past the grace period, and `new` takes it over: (slow's view, new's view)."""
+    job = db.claim(experiment_id, keys, "slow")
+    with db.session() as s:
+        s.execute(update(JobModel).values(heartbeat_at=datetime(2000, 1, 1)))
+    assert db.reclaim_stale(experiment_id, grace_seconds=60) == [job.label]
+    return job, db.claim(experiment_id, keys, "new")
+
+
+def test_every_write_of_a_worker_presumed_dead_is_refused_and_the_new_owner_keeps_the_job(db_url):
+    db, experiment_id, keys = make_db(db_url, jobs=1)
+    job, taken = presumed_dead(db, experiment_id, keys)
+    for write in (lambda: db.heartbeat(job.job_id, "slow"),
+                  lambda: db.record_epochs(job.job_id, "slow", [(0, {"valid_auc": 0.1})]),
+                  lambda: db.record_rungs(job.job_id, "slow", "valid_auc", [(0, 1, 0.1, 0.5, 2, False)]),
+                  lambda: db.set_provenance(job.job_id, "slow", device="cpu")):
+        with pytest.raises(LostJob, match="under new"):
+            write()
+    assert db.mark(job.job_id, "interrupted", "slow", error="stopped") is False
+    assert db.mark(job.job_id, "failed", "slow", error="boom") is False
+    assert db.release(job.job_id, "slow", "gone") is False
+    assert db.finish(job.job_id, "slow", {"test_auc": 0.1}, [], {}, 1) is False
+    row = db.jobs(experiment_id)[0]
+    assert (row.status, row.worker, row.device) == ("running", "new", None)
+    assert row.error == "worker slow stopped sending heartbeats"  # the takeover's reason, not slow's messages
+    assert db.metrics_of(job.job_id) == ([], []) and db.rungs_of(job.job_id) == []
+    db.heartbeat(taken.job_id, "new")
+    db.record_epochs(taken.job_id, "new", [(0, {"valid_auc": 0.7})])
+    assert db.finish(taken.job_id, "new", {"test_auc": 0.9}, [], {}, 1) is True
+    assert db.mark(taken.job_id, "failed", "new", error="late") is False  # done is final, even for its owner
+
+
+def test_a_job_given_back_is_no_longer_the_old_workers_to_write(db_url):
+    db, experiment_id, keys = make_db(db_url, jobs=1)
+    job = db.claim(experiment_id, keys, "w")
+    assert db.release(job.job_id, "w", "stopping") is True
+    with pytest.raises(LostJob, match="interrupted"):
+        db.record_epochs(job.job_id, "w", [(0, {"valid_auc": 0.5})])
+
+
+def test_a_transient_failure_is_retried_with_one_line_per_outage(db_url, caplog):
+    db = Database(db_url, retry_seconds=30)
+    failures = iter([DatabaseUnavailable("database x: connection refused")] * 3)
+
+    def flaky() -> int:
+        if (failure := next(failures, None)) is not None:
+            raise failure
+        return db.now().year
+
+    with caplog.at_level(logging.WARNING, logger="runner.store"):
+        assert db.retrying(flaky) >= 2026
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "unreachable" in lines[0] and "retrying for up to 30 s" in lines[0], lines
+    assert "is back after" in lines[1]
+
+
+def test_an_outage_past_the_bound_stops_with_the_server_named_and_no_retry_on_real_errors(db_url):
+    db = Database(db_url, retry_seconds=0.5)
+
+    def down() -> None:
+        raise DatabaseUnavailable("database x: connection refused")
+
+    started = time.monotonic()
+    with pytest.raises(DatabaseAway, match=r"stayed unreachable for 0 s.*rerun the same command"):
+        db.retrying(down)
+    assert time.monotonic() - started < 10
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise DatabaseError("no such table")
+
+    with pytest.raises(DatabaseError, match="no such table"):
+        db.retrying(broken)
+    assert calls == [1]  # a real error is not retried

@@ -7,18 +7,31 @@ else a throwaway one started here from PostgreSQL's binaries. Skipped when neith
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 
 from runner import cli
 from runner.db import Database
+from runner.exit_codes import EXIT_DATABASE_AWAY
 from tests import pg_server
+from tests.test_ownership import test_a_worker_that_lost_its_job_stops_training_it_and_writes_nothing  # noqa: F401
 from tests.test_db import (  # noqa: F401  collected again here, with the PostgreSQL `db_url` below
     CONFIG,
+    test_a_job_given_back_is_no_longer_the_old_workers_to_write,
+    test_a_transient_failure_is_retried_with_one_line_per_outage,
+    test_an_exact_job_id_always_wins_over_a_hex_key_prefix,
+    test_an_outage_past_the_bound_stops_with_the_server_named_and_no_retry_on_real_errors,
+    test_every_write_of_a_worker_presumed_dead_is_refused_and_the_new_owner_keeps_the_job,
     test_claim_takes_each_job_once,
     test_concurrent_processes_never_claim_the_same_job,
     test_epoch_records_replace_a_redone_epoch,
@@ -29,6 +42,9 @@ from tests.test_db import (  # noqa: F401  collected again here, with the Postgr
     test_stale_running_jobs_are_reclaimed,
     test_sync_is_idempotent_and_adds_only_new_jobs,
 )
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -84,3 +100,142 @@ def test_missing_database_and_unknown_user_are_one_line_exit_2(server_url, capsy
             assert cli.main([*argv, "--db", url.render_as_string(hide_password=False)]) == 2
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and where in err and expected in err, err
+
+
+# ---- a server that goes away mid-run: restarted by its admin, or gone for longer than the runner waits -------------
+
+OUTAGE_SPEC = """
+[experiment]
+name = "outage"
+seeds = [5]
+[data]
+train_size = 384
+valid_size = 32
+test_size = 32
+[train]
+epochs = 3
+batch_size = 8
+[eval]
+invariance = false
+rotation_angles = [0, 90]
+rotation_samples = 16
+[[model]]
+family = "cnn"
+width = 4
+depth = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def own_server():
+    """A server of these tests' own, which they stop (immediate mode: a crash as clients see it) and start again."""
+    if os.environ.get("RUNNER_TEST_DB_URL") or pg_server.find_bindir() is None:
+        pytest.skip("needs PostgreSQL's binaries to stop and start a server of its own")
+    with pg_server.own_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory) -> dict[str, float]:
+    """The outage spec's metrics without any outage (SQLite: the database does not change what is trained)."""
+    tmp = tmp_path_factory.mktemp("undisturbed")
+    (tmp / "spec.toml").write_text(OUTAGE_SPEC)
+    assert cli.main([str(tmp / "spec.toml"), "--root", str(tmp / "runs")]) == 0
+    with sqlite3.connect(tmp / "runs" / "results.db") as con:
+        return dict(con.execute(METRICS_SQL).fetchall())
+
+
+METRICS_SQL = "select name, value from final_metrics where name like 'test_%' or name like 'valid_%'"
+
+
+def _fresh_database(server: pg_server.Server) -> str:
+    name = f"runner_outage_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server.url).set(database=name).render_as_string(hide_password=False)
+
+
+def _start_run(tmp_path, url: str, *args: str) -> subprocess.Popen:
+    (tmp_path / "spec.toml").write_text(OUTAGE_SPEC)
+    env = {**os.environ, "CI": "true", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "runner", str(tmp_path / "spec.toml"), "--root",
+                             str(tmp_path / "runs"), "--db", url, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_first_epoch(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    engine = create_engine(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as connection:
+                if _has_epochs(connection):
+                    return
+            assert proc.poll() is None, f"the runner ended early ({proc.returncode}):\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, "the first epoch never arrived"
+            time.sleep(0.1)
+    except Exception:
+        proc.kill()
+        raise
+    finally:
+        engine.dispose()
+
+
+def _has_epochs(connection) -> bool:
+    try:
+        return bool(connection.execute(text("select count(*) from epoch_metrics")).scalar())
+    except ProgrammingError:  # the runner has not created its tables yet
+        connection.rollback()
+        return False
+
+
+def _metrics(url: str) -> tuple[list[tuple], dict[str, float]]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        jobs = [tuple(r) for r in connection.execute(text("select status, attempts from jobs"))]
+        metrics = dict(connection.execute(text(METRICS_SQL)).fetchall())
+    engine.dispose()
+    return jobs, metrics
+
+
+def test_a_server_restarted_mid_epoch_is_waited_out_and_the_metrics_are_unchanged(own_server, undisturbed,
+                                                                                 tmp_path):
+    url = _fresh_database(own_server)
+    proc = _start_run(tmp_path, url)
+    _wait_for_first_epoch(url, proc)
+    own_server.stop("immediate")  # in the second epoch: every connection cut at once
+    time.sleep(20)
+    own_server.start()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert [line for line in out.splitlines() if "unreachable" in line] != [], out
+    assert len([line for line in out.splitlines() if "unreachable" in line]) == 1, out  # one line per outage
+    assert len([line for line in out.splitlines() if "is back after" in line]) == 1, out
+    jobs, metrics = _metrics(url)
+    assert jobs == [("done", 1)]  # never failed, never restarted: the same attempt went on
+    assert metrics == undisturbed
+
+
+def test_a_server_away_past_the_bound_stops_the_runner_and_a_plain_rerun_finishes(own_server, undisturbed,
+                                                                                  tmp_path):
+    url = _fresh_database(own_server)
+    proc = _start_run(tmp_path, url, "--db-retry-seconds", "4")
+    _wait_for_first_epoch(url, proc)
+    own_server.stop("immediate")
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        own_server.start()
+    assert proc.returncode == EXIT_DATABASE_AWAY, out
+    where = f"127.0.0.1:{own_server.port}"
+    assert f"the database {where} stayed unreachable for 4 s" in out and "rerun the same command" in out, out
+    assert "Traceback" not in out
+    assert _metrics(url)[0][0][0] in ("running", "interrupted")  # given back (or left to a takeover), not failed
+    rerun = _start_run(tmp_path, url)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    jobs, metrics = _metrics(url)
+    assert jobs == [("done", 2)]
+    assert metrics == undisturbed

@@ -2,9 +2,11 @@
 
 Submitting writes the sbatch script, pickled calls and logs under ROOT/slurm/ and returns at once (or follows the
 array with --wait). On Slurm's warning signal (USR2, `signal_delay_s` before the time limit or on preemption) a task
-checkpoints at the next batch, gives its job back and requeues itself with `scontrol requeue`. The requeue decision
-is ours, not submitit's: submitit counts a job that ran under 10 minutes as timed out, not preempted (its issue
-1656), and would refuse to requeue it.
+checkpoints at the next batch, gives its job back and, while the experiment has work left (runner.progress: for a
+study, also the trials and final jobs its planner will still add), requeues itself with `scontrol requeue`. Task
+output goes through `logging`, so every line of a task's log has its time. The requeue decision is ours, not
+submitit's: submitit counts a job that ran under 10 minutes as timed out, not preempted (its issue 1656), and would
+refuse to requeue it.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,8 +26,9 @@ from sqlalchemy.engine import make_url
 
 from runner.cluster import ClusterError, ClusterProfile
 from runner.db import Database
-from runner.display import PlainDisplay
+from runner.display import PlainDisplay, worker_log
 from runner.execute import StopFlag, WorkerOptions, run_worker
+from runner.progress import ENDED, Work, work
 
 COMMANDS = ("sbatch", "srun", "squeue", "scontrol", "scancel")
 
@@ -122,18 +126,37 @@ def array_states(job_id: str) -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
-def follow(submission: Submission, db: Database, experiment_id: int, keys: list[str], console: Console,
-           every: float = 5.0) -> None:
-    """Print progress while any task of the array is pending or running; return when all have ended."""
+def follow(submission: Submission, current: Callable[[], Work], console: Console, every: float = 5.0) -> Work:
+    """Print progress while any task of the array is pending or running; return the work left once all have ended.
+
+    `current` is re-read on every poll: a study's jobs appear as its tasks ask the planner for them.
+    """
     last = ""
+    seen = {job.key: job.status for job in current().jobs}  # a rerun's finished jobs are not news
     while states := array_states(submission.job_id):
-        jobs = db.jobs(experiment_id, keys)
-        line = (f"array {submission.job_id}: tasks " + _tally(states) + "; jobs "
-                + _tally([j.status for j in jobs]))
+        now = current()
+        _print_ended(now, seen, console)
+        line = f"array {submission.job_id}: tasks {_tally(states)}; " + _jobs_line(now)
         if line != last:
             console.print(line)
             last = line
         time.sleep(every)
+    now = current()
+    _print_ended(now, seen, console)
+    return now
+
+
+def _jobs_line(work: Work) -> str:
+    jobs = f"jobs {_tally([j.status for j in work.jobs])}" if work.jobs else "no jobs yet"
+    return jobs + (f"; {work.to_add} trials or final evaluations still to add" if work.to_add else "")
+
+
+def _print_ended(work: Work, seen: dict[str, str], console: Console) -> None:
+    """One line per job that reached an end (done, pruned, failed, given back) since the last poll."""
+    for job in work.jobs:
+        if job.status in (*ENDED, "failed", "interrupted") and seen.get(job.key) != job.status:
+            console.print(f"  {job.label}: {job.status}" + (f" ({job.error[:80]})" if job.error else ""))
+        seen[job.key] = job.status
 
 
 def _tally(items: list[str]) -> str:
@@ -143,26 +166,35 @@ def _tally(items: list[str]) -> str:
 # ---- inside an array task --------------------------------------------------------------------------------------
 
 def task_main(options: WorkerOptions) -> dict[str, int]:
-    """One array task: the worker loop; on Slurm's warning signal, give the job back and requeue this task."""
+    """One array task: the worker loop; on Slurm's warning signal, give the job back and requeue this task if the
+    experiment has work left (for a study: what its planner will still add, not only the jobs known at submit)."""
     stop = StopFlag()
     # Installed after submitit's own handlers, so these win: submitit would requeue without checkpointing.
     stop.install((signal.SIGINT, signal.SIGTERM, signal.SIGUSR2))
-    counts = run_worker(options, stop, PlainDisplay(len(options.keys)))
+    log = worker_log()
+    log.info(f"Slurm task {_this_task()} on {socket.gethostname()}: worker starts")
+    counts = run_worker(options, stop, PlainDisplay(0 if options.spec else len(options.keys)))
     if stop.signum == signal.SIGUSR2 and _work_left(options):
         requeue_this_task()
         counts["requeued"] = 1
+    elif stop.signum == signal.SIGUSR2:
+        log.info("warned by Slurm; the experiment has no work left, so this task ends without requeueing")
+    log.info(f"Slurm task {_this_task()} ends: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return counts
 
 
 def _work_left(options: WorkerOptions) -> bool:
-    jobs = Database(options.db_url).jobs(options.experiment_id, list(options.keys))
-    return any(j.status in ("queued", "interrupted") for j in jobs)
+    return work(Database(options.db_url), options.experiment_id, options.spec, options.keys).left
+
+
+def _this_task() -> str:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "?")
 
 
 def requeue_this_task() -> None:
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    target = f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
-    print(f"requeueing Slurm task {target} after the warning signal", flush=True)
+    target = _this_task()
+    worker_log().info(f"requeueing Slurm task {target} after the warning signal: the experiment has work left")
     subprocess.run(["scontrol", "requeue", target], check=True, timeout=60)
 
 

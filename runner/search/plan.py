@@ -9,7 +9,7 @@ README). A job that reaches a rung asks `prune_check`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runner.db import FINISHED, Database, NewTrial
 from runner.grid import expand
@@ -30,6 +30,7 @@ class Plan:
     added: int  # trials added by this call
     open: int  # jobs of the spec not finished (queued, running, interrupted)
     notes: tuple[str, ...] = ()  # models the final stage cannot select for, and why
+    to_add: int = 0  # `current` only: trials still to ask and final evaluations still to queue
 
 
 def metrics(spec: Spec) -> tuple[str, ...]:
@@ -67,8 +68,35 @@ def final_models(spec: Spec) -> int:
 
 
 def current(db: Database, spec: Spec, experiment_id: int) -> Plan:
-    """The spec's jobs now in the database, adding nothing."""
-    return _summary(db.study_snapshot(experiment_id, ()), [job.key for job in expand(spec)], 0, [])
+    """The spec's jobs now in the database and what `plan` will still add to them, adding nothing."""
+    grid_keys = [job.key for job in expand(spec)]
+    snapshot = db.study_snapshot(experiment_id, (spec.final.select,) if spec.final else ())
+    history = History(snapshot, spec.final.select if spec.final else DEFAULT_METRIC[spec.task])
+    all_streams = streams(spec)
+    to_add = _trials_to_ask(all_streams, history) + _finals_to_queue(spec, all_streams, history, grid_keys)
+    return replace(_summary(snapshot, grid_keys, 0, []), to_add=to_add)
+
+
+def _trials_to_ask(all_streams: list[Stream], history: History) -> int:
+    return sum(max(0, s.search.trials - len(history.of_stream(s.key))) for s in all_streams)
+
+
+def _finals_to_queue(spec: Spec, all_streams: list[Stream], history: History, grid_keys: list[str]) -> int:
+    """Models whose final trial is not in the database yet, except those `plan` can never select for (every
+    search job finished and none done: the note it gives instead)."""
+    if spec.final is None:
+        return 0
+    final = spec.final
+    done = {t.stream for t in history.trials if t.role == "final"}
+    models = {s.key: model_of(s.config, final.per) for s in all_streams}
+    waiting = 0
+    for model, jobs in _search_jobs_by_model(spec, all_streams, models, history, grid_keys).items():
+        if model_name(model, final.per) in done:
+            continue
+        if _finished(all_streams, models, history, model, jobs) and select(jobs, final.direction) is None:
+            continue
+        waiting += 1
+    return waiting
 
 
 def _summary(snapshot, grid_keys: list[str], added: int, notes: list[str]) -> Plan:
@@ -143,8 +171,9 @@ def _finished(all_streams: list[Stream], models: dict[str, tuple], history: Hist
     return all(job.status in FINISHED for job in jobs)
 
 
-def prune_check(db: Database, spec: Spec, experiment_id: int, job_id: int, step: int) -> str | None:
-    """The reason to stop job `job_id` after `step` epochs, or None to go on. Records the decision."""
+def prune_check(db: Database, spec: Spec, experiment_id: int, job_id: int, worker: str, step: int) -> str | None:
+    """The reason to stop job `job_id` after `step` epochs, or None to go on. Records the decision (as `worker`, which
+    must still hold the job)."""
     by_key = {s.key: s for s in streams(spec)}
     snapshot = db.study_snapshot(experiment_id, metrics(spec))
     trials = History(snapshot, metrics(spec)[0]).trials_of_job(job_id)
@@ -157,5 +186,5 @@ def prune_check(db: Database, spec: Spec, experiment_id: int, job_id: int, step:
     others = {j.job_id: j for t in history.of_stream(stream.key) for j in t.jobs if j.job_id != job_id}
     decision = decide(stream.search, history.jobs[job_id], step, [others[i] for i in sorted(others)])
     if decision.rungs:
-        db.record_rungs(job_id, stream.search.metric, list(decision.rungs))
+        db.record_rungs(job_id, worker, stream.search.metric, list(decision.rungs))
     return decision.reason(stream.search.metric, step) if decision.prune else None
