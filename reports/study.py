@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from reports.tables import display_name
-from runner.search_spec import DEFAULT_METRIC, METRIC_DIRECTIONS, merge_search
+from runner.spec.search import DEFAULT_METRIC, METRIC_DIRECTIONS, merge_search
 
 try:
     import tomllib

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from reports.figures import _LABELS, Skipped, _figure, _legend
 from reports.final import _METRIC_WORD
 from reports.tables import HEADLINE_METRIC
-from runner.search_spec import METRIC_DIRECTIONS
+from runner.spec.search import METRIC_DIRECTIONS
 
 _MARKERS = {"complete": ("o", 28), "pruned": ("x", 30), "failed": ("v", 24), "running": ("s", 18)}
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runner.config import FAMILIES, GEOMETRIC_AUGMENTS
+from runner.spec.config import FAMILIES, GEOMETRIC_AUGMENTS
 
 VALIDATION_METRIC = {"classification": "valid_auc", "segmentation": "valid_dice"}
 HEADLINE_METRIC = {"classification": "test_auc", "segmentation": "test_dice"}

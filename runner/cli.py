@@ -139,7 +139,7 @@ def cmd_run(args) -> int:
     from runner.data import DataError
     from runner.device import pick_device
     from runner.executors.slurm import SubmitError
-    from runner.grid import expand
+    from runner.spec.identity import expand
     from runner.run import RunRequest, run_spec
 
     try:
@@ -250,7 +250,7 @@ def _cell(value: float | None) -> str:
 
 
 def cmd_schema(_args) -> int:
-    from runner.schema import json_schema
+    from runner.spec.json_schema import json_schema
 
     console.print_json(json.dumps(json_schema()))
     return EXIT_OK

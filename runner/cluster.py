@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.spec import TomlFileError, load_toml
+from runner.spec.toml_file import TomlFileError, load_toml
 
 SBATCH_LINE = re.compile(r"^(#SBATCH\s+)?--([a-z][a-z0-9-]*)(?:[= ](.+))?$")
 

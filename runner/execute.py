@@ -28,7 +28,7 @@ from runner.db import Database, LostJob
 from runner.device import describe, limit_threads, peak_memory_mb, pick_device, threads_per_worker
 from runner.display import make_display
 from runner.faults import DatabaseAway, DiskFull
-from runner.grid import config_from_dict
+from runner.spec.identity import config_from_dict
 from runner.provenance import collect
 from runner.spec import Spec
 

@@ -23,7 +23,7 @@ from runner.exit_codes import (
     EXIT_OK,
     EXIT_STILL_RUNNING,
 )
-from runner.grid import Job
+from runner.spec.identity import Job
 from runner.progress import Work, work
 from runner.running_view import running_lines, running_rows
 from runner.spec import Spec
@@ -170,7 +170,7 @@ def study_sources(spec: Spec) -> list:
     """The data of each search stream (searched data keys at the spec's values; their bounds are checked already)."""
     if not spec.searched:
         return []
-    from runner.grid import config_from_dict
+    from runner.spec.identity import config_from_dict
     from runner.search.streams import streams
 
     return [config_from_dict(s.config).data for s in streams(spec)]

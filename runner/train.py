@@ -23,7 +23,7 @@ import equiv
 import equiv.checks
 from equiv.groups import parse_group, rotate
 from runner import checkpoint
-from runner.config import JobConfig
+from runner.spec.config import JobConfig
 from runner.data import iterate_batches, load_splits
 from runner.data.augment import Augmenter
 from runner.device import peak_memory_mb, reset_peak_memory

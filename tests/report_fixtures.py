@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 from sqlalchemy import Engine, create_engine, event, insert
 
-from runner.config import AugmentSpec, DataSpec, EvalSpec, JobConfig, ModelSpec, TrainSpec
+from runner.spec.config import AugmentSpec, DataSpec, EvalSpec, JobConfig, ModelSpec, TrainSpec
 from runner.db import (
     ArtifactModel,
     BaseModel,

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner.config import JobConfig
+from runner.spec.config import JobConfig
 from runner.db import Database, NewTrial
-from runner.grid import job_key
+from runner.spec.identity import job_key
 from tests.report_fixtures import job_config
 
 NAME = "study"

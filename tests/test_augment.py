@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner.config import AugmentSpec
+from runner.spec.config import AugmentSpec
 from runner.data.augment import Augmenter, hed_jitter, rotate, transform
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from skimage.io import imsave
 
-from runner.config import DataSpec
+from runner.spec.config import DataSpec
 from runner.data import DataError, check_source, load_splits
 from runner.data.arrays import tile_starts, to_instances
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.config import DataSpec
+from runner.spec.config import DataSpec
 from runner.data import DataError, check_source, iterate_batches, load_splits
 from runner.data.pcam import file_name, select_rows
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.config import DataSpec
+from runner.spec.config import DataSpec
 from runner.data import DataError, load_splits, sample_figure
 from runner.data import synthetic as sy
 

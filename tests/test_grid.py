@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.grid import config_from_dict, expand, job_key
+from runner.spec.identity import config_from_dict, expand, job_key
 from runner.spec import parse_spec
 
 BASE = {
@@ -71,7 +71,7 @@ def test_config_round_trips_through_json():
 
 
 def test_pool_is_a_model_option_that_keeps_existing_keys():
-    from runner.grid import canonical
+    from runner.spec.identity import canonical
     from runner.spec import SpecError
     from runner.train import build
 

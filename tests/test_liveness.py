@@ -79,7 +79,7 @@ def test_only_jobs_of_dead_local_runners_are_taken_over(tmp_path):
 def test_a_run_ending_with_jobs_held_by_a_live_runner_exits_3_naming_them(tmp_path, capsys):
     spec, root = write(tmp_path, TINY), tmp_path / "runs"
     assert cli.main([str(spec), "--root", str(root), "--dry-run"]) == 0
-    from runner.grid import expand
+    from runner.spec.identity import expand
     from runner.spec import read_spec
 
     jobs = expand(read_spec(spec, []))

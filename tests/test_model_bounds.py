@@ -20,8 +20,8 @@ import torch
 from equiv import ModelConfigError, build_model, parse_group
 from equiv.hparams import RULES, Rule, rules_for
 from equiv.unet import UNetConfigError, build_unet
-from runner.config import ModelSpec
-from runner.grid import expand
+from runner.spec.config import ModelSpec
+from runner.spec.identity import expand
 from runner.spec import SpecError, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]

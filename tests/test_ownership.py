@@ -13,7 +13,7 @@ from sqlalchemy import update
 from runner import execute
 from runner.db import Database, JobModel
 from runner.display import PlainDisplay
-from runner.grid import expand
+from runner.spec.identity import expand
 from runner.spec import read_spec
 from tests.test_db import db_url  # noqa: F401  the fixture; tests/test_db_postgres.py runs this test on PostgreSQL
 

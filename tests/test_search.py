@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from runner.grid import build_config, expand, job_key
+from runner.spec.identity import build_config, expand, job_key
 from runner.search.final import final_jobs, select
 from runner.search.history import JobHistory, TrialHistory
 from runner.search.prune import asha_cut, decide
 from runner.search.sampler import ask
 from runner.search.streams import streams, trial_jobs
-from runner.search_spec import Distribution, SearchSpec
+from runner.spec.search import Distribution, SearchSpec
 from runner.spec import SpecError, parse_spec, read_spec
 
 ROOT = Path(__file__).resolve().parents[1]

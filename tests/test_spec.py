@@ -10,8 +10,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from runner.schema import json_schema
-from runner.spec import SpecError, field_types, parse_spec, read_spec
+from runner.spec.json_schema import json_schema
+from runner.spec import SpecError, parse_spec, read_spec
+from runner.spec.fields import field_types
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIMAL = {"experiment": {"name": "t"}, "model": [{"family": "cnn"}]}

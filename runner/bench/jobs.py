@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import equiv
 from runner.bench.models import torch_threads
 from runner.data import iterate_batches, load_splits
-from runner.grid import expand
+from runner.spec.identity import expand
 from runner.spec import read_spec
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.config import SOURCES, TASKS, DataSpec
+from runner.spec.config import SOURCES, TASKS, DataSpec
 from runner.data import arrays, pcam, synthetic
 from runner.data.batches import Split, Splits, iterate_batches
 from runner.data.errors import DataError

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from skimage.color import rgb_from_hed
 
-from runner.config import GEOMETRIC_AUGMENTS, AugmentSpec
+from runner.spec.config import GEOMETRIC_AUGMENTS, AugmentSpec
 
 # Group elements as (quarter turns, mirror) for the discrete geometric options.
 _ELEMENTS = {

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from runner import checkpoint
-from runner.config import JobConfig
+from runner.spec.config import JobConfig
 from runner.db import Database, JobModel
-from runner.grid import config_from_dict
+from runner.spec.identity import config_from_dict
 from runner.inference import artifact
 from runner.inference.selection import SelectionError, best_job_id
 

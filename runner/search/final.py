@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runner.grid import config_from_dict, job_key
+from runner.spec.identity import config_from_dict, job_key
 from runner.search.history import JobHistory
 from runner.search.streams import Job
-from runner.search_spec import FinalSpec
+from runner.spec.search import FinalSpec
 from runner.spec import Spec
 
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from runner.db import FINISHED, Database, NewTrial
-from runner.grid import expand
+from runner.spec.identity import expand
 from runner.search.final import final_jobs, model_name, model_of, select
 from runner.search.history import History, JobHistory
 from runner.search.prune import decide
 from runner.search.sampler import ask
 from runner.search.streams import Stream, streams, trial_jobs
 from runner.spec import Spec
-from runner.search_spec import DEFAULT_METRIC
+from runner.spec.search import DEFAULT_METRIC
 
 ATTEMPTS = 8  # re-plans after losing a race with another runner for the same trial number
 

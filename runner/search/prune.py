@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState, create_trial
 
 from runner.search.history import JobHistory
-from runner.search_spec import SearchSpec
+from runner.spec.search import SearchSpec
 
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL,
            "running": TrialState.RUNNING}

@@ -21,7 +21,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState, create_trial
 
 from runner.search.history import TrialHistory
-from runner.search_spec import Distribution, SearchSpec
+from runner.spec.search import Distribution, SearchSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 _STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL,

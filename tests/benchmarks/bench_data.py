@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from runner.config import DataSpec
+from runner.spec.config import DataSpec
 from runner.data import iterate_batches, load_splits, sample_figure
 from runner.data import synthetic as sy
 from runner.data.pcam import SPLITS, write_pcam_pair, file_name

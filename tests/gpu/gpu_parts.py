@@ -264,7 +264,7 @@ def packing(recorder: Recorder, sizes: Sizes, work: Path) -> None:
 def prepare_data(spec: Path, folder: Path) -> Path:
     """Generate the spec's synthetic data once, so every K measures training, not data generation."""
     from runner.data import load_splits
-    from runner.grid import expand
+    from runner.spec.identity import expand
     from runner.spec import read_spec
 
     config = expand(read_spec(spec))[0].config

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import reports
-from runner.config import JobConfig, ModelSpec
+from runner.spec.config import JobConfig, ModelSpec
 from runner.inference.artifact import ArtifactError, load, read_meta, transform
 from runner.inference.export import VerificationError, staged_folder, symmetry_of
 from runner.inference.selection import best_job_id
@@ -74,7 +74,7 @@ def test_loader_needs_neither_escnn_nor_training_code(trained, tmp_path):
                              str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     # The reference: the trained G-CNN itself, rebuilt from its checkpoint with escnn.
-    from runner.grid import config_from_dict
+    from runner.spec.identity import config_from_dict
     from runner.inference.export import trained_model
 
     meta = read_meta(trained.gcnn)

@@ -1,6 +1,7 @@
 """The resolved configuration of one job: frozen dataclasses that code inside the runner trusts.
 
-`runner.spec` validates TOML into these at the edge; `runner.grid` expands a spec into one JobConfig per job.
+`runner.spec.parse` validates TOML into these at the edge; `runner.spec.identity` expands a spec into one
+JobConfig per job.
 Field comments are the user documentation's source: keep them short and say the allowed values.
 """
 from __future__ import annotations

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runner import config as C
-from runner.spec import SECTIONS, ModelBlock, Spec
+from runner.spec import config as C
+from runner.spec.fields import SECTIONS
+from runner.spec.parse import ModelBlock, Spec
 
 # Fields that do not change results: excluded from the job key.
 NON_SEMANTIC = {"data.root", "data.path", "data.in_memory", "train.checkpoint_minutes"}

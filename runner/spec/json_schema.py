@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from runner.spec import BLOCK_OVERRIDABLE, BOUNDS, CHOICES, LIST_VALUED, MODEL_RULES, SECTIONS, field_types
-from runner import config as C
-from runner import search_spec as S
+from runner.spec import config as C
+from runner.spec import search as S
+from runner.spec.fields import BLOCK_OVERRIDABLE, BOUNDS, CHOICES, LIST_VALUED, MODEL_RULES, SECTIONS, field_types
 
 _JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 

@@ -6,71 +6,30 @@ family with sub-tables (`[model.augment]`), and its own lists sweep only that bl
 """
 from __future__ import annotations
 
-import codecs
 import copy
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from equiv.groups import GroupError, VALID_FORMS, parse_group
-from equiv.hparams import MATCH_MODES, POOLS, RULES, Bound, Rule, rules_for
-from runner import config as C
-from runner.search_spec import FinalSpec, SearchSpec, merge_search, parse_final, parse_search
+from runner.spec import config as C
+from runner.spec.fields import (
+    BLOCK_OVERRIDABLE,
+    LIST_VALUED,
+    MODEL_RULES,
+    SECTIONS,
+    Rules,
+    check_scalar,
+    field_types,
+    is_int,
+    model_rules,
+)
+from runner.spec.search import FinalSpec, SearchSpec, merge_search, parse_final, parse_search
+from runner.spec.toml_file import TomlFileError, load_toml, tomllib
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-SECTIONS: dict[str, type] = {
-    "data": C.DataSpec,
-    "train": C.TrainSpec,
-    "augment": C.AugmentSpec,
-    "eval": C.EvalSpec,
-    "model": C.ModelSpec,
-}
 EXPERIMENT_KEYS = ("name", "task", "seeds", "description")
-BLOCK_OVERRIDABLE = ("data", "train", "augment")
 TOP_LEVEL = ("experiment", "data", "train", "augment", "eval", "grid", "search", "final", "model")
-SEARCHABLE_SECTIONS = ("data", "train", "augment", "model")
-
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": C.SOURCES,
-    "train.optimizer": C.OPTIMIZERS,
-    "train.schedule": C.SCHEDULES,
-    "augment.geometric": C.GEOMETRIC_AUGMENTS,
-    "model.family": C.FAMILIES,
-    "model.match": MATCH_MODES,
-    "model.pool": POOLS,
-}
-# The model's own rules (equiv.hparams), which its constructors apply too: a spec that validates builds.
-Rules = dict[str, Rule]
-MODEL_RULES: Rules = {f"model.{key}": rule for key, rule in RULES.items()}  # the widest: any family
-BOUNDS: dict[str, Bound] = {
-    "data.fraction": Bound(0.0, 1.0, low_open=True),
-    "data.train_size": Bound(0),
-    "data.valid_size": Bound(0),
-    "data.test_size": Bound(0),
-    "data.image_size": Bound(16, 1024),
-    "data.seed": Bound(0),
-    "train.epochs": Bound(1, 10_000),
-    "train.batch_size": Bound(1, 65_536),
-    "train.lr": Bound(0.0, 10.0, low_open=True),
-    "train.momentum": Bound(0.0, 1.0),
-    "train.weight_decay": Bound(0.0, 1.0),
-    "train.early_stopping": Bound(0),
-    "train.checkpoint_minutes": Bound(0.0, low_open=True),
-    "augment.stain": Bound(0.0, 1.0),
-    "augment.brightness": Bound(0.0, 1.0),
-    "augment.contrast": Bound(0.0, 1.0),
-    "eval.rotation_samples": Bound(1),
-    **{dotted: rule.bound for dotted, rule in MODEL_RULES.items()},
-}
-# Lists in these fields are values, not sweeps.
-LIST_VALUED = {"eval.rotation_angles"}
 
 
 class SpecError(Exception):
@@ -119,48 +78,6 @@ def read_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     except TomlFileError as exc:
         raise SpecError(str(path), [(exc.key, exc.message)]) from None
     return parse_spec(raw, str(path), text, overrides)
-
-
-class TomlFileError(Exception):
-    """A file that cannot be read, is not UTF-8 text or is not TOML; `key` is "(file)" or "(syntax)"."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-        self.message = message
-
-
-def load_toml(path: Path) -> tuple[str, dict[str, Any]]:
-    """The text and the tables of a TOML file (specs, cluster profiles); TomlFileError says what is wrong."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TomlFileError("(file)", f"cannot read the file: {exc.strerror or exc}") from None
-    # Newlines as a text-mode read gave them, so stored spec texts stay as they were.
-    text = _decode_utf8(data).replace("\r\n", "\n").replace("\r", "\n")
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise TomlFileError("(syntax)", f"not valid TOML: {exc}") from None
-
-
-# Longest first: a UTF-32 LE mark starts with the UTF-16 LE one.
-_BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
-                     (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
-
-
-def _decode_utf8(data: bytes) -> str:
-    for mark, encoding in _BYTE_ORDER_MARKS:
-        if data.startswith(mark):
-            raise TomlFileError("(file)", f"is {encoding} text (it starts with a {encoding} byte-order mark), not "
-                                "UTF-8; save it as UTF-8")
-    try:
-        return data.decode("utf-8-sig")  # Windows editors may start UTF-8 with a byte-order mark: still UTF-8
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - data.rfind(b"\n", 0, exc.start)
-        raise TomlFileError("(file)", f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column "
-                            f"{column}, position {exc.start}); save it as UTF-8") from None
 
 
 def parse_spec(raw: dict[str, Any], path: str, text: str = "", overrides=()) -> Spec:
@@ -248,8 +165,8 @@ def _parse_experiment(table: dict[str, Any], problems) -> dict[str, Any]:
     else:
         out["task"] = task
     seeds = table.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
-    if not (isinstance(seeds, list) and seeds and all(_is_int(s) and s >= 0 for s in seeds)):
+    seeds = [seeds] if is_int(seeds) else seeds
+    if not (isinstance(seeds, list) and seeds and all(is_int(s) and s >= 0 for s in seeds)):
         problems.append(("experiment.seeds", f"expected a non-empty list of integers >= 0, got {seeds!r}"))
     elif len(set(seeds)) != len(seeds):
         problems.append(("experiment.seeds", f"seeds repeat: {seeds!r}"))
@@ -260,13 +177,6 @@ def _parse_experiment(table: dict[str, Any], problems) -> dict[str, Any]:
     else:
         out["description"] = table.get("description", "")
     return out
-
-
-def field_types(section: str) -> dict[str, Any]:
-    """Field name -> annotated type of a section's dataclass."""
-    cls = SECTIONS[section]
-    hints = get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _parse_section(section: str, table: Any, where: str, problems, rules: Rules = MODEL_RULES) -> dict[str, Any]:
@@ -357,7 +267,7 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
     if task == "segmentation":
         for depth in _as_list(values.get("model.depth", C.ModelSpec.depth)):
             for size in _as_list(values.get("data.image_size", C.DataSpec.image_size)):
-                if _is_int(depth) and _is_int(size) and size % 2 ** depth:
+                if is_int(depth) and is_int(size) and size % 2 ** depth:
                     problems.append((f"{where}.depth", f"a U-Net of depth {depth} needs data.image_size divisible "
                                      f"by {2 ** depth}; got {size}"))
     for source in _as_list(values.get("data.source", "synthetic")):
@@ -382,28 +292,11 @@ def _parse_searches(raw: dict[str, Any], blocks: list[ModelBlock], task: str | N
         own = raw_blocks[block.index].get("search") if isinstance(raw_blocks[block.index], dict) else None
         merged = merge_search(shared, own)
         where = "search" if own is None else f"model[{block.index}].search"
-        search = None
-        if merged is not None:
-            rules = model_rules(task)
-            search = parse_search(merged, where, task, lambda *key: check_search_key(*key, rules=rules), problems)
+        search = parse_search(merged, where, task, problems) if merged is not None else None
         if search is not None:
             _check_search_block(search, block, where, problems)
         out.append(dataclasses.replace(block, search=search))
     return out
-
-
-def check_search_key(dotted: str, value: Any, kind: str, rules: Rules = MODEL_RULES) -> str | None:
-    """A problem with one value a search distribution can produce for `dotted`; KeyError: not a spec key."""
-    section, _, name = dotted.partition(".")
-    types = field_types(section) if section in SEARCHABLE_SECTIONS else {}
-    if name not in types or dotted in LIST_VALUED:
-        keys = ", ".join(f"{s}.*" for s in SEARCHABLE_SECTIONS)
-        raise KeyError(f"{dotted!r} is not a spec key that can be searched; use a key of {keys} "
-                       "(e.g. train.lr, model.width)")
-    if kind in ("log", "uniform") and types[name] is not float:
-        return f"{dotted} takes {_type_name(types[name])}: use {{ int = [low, high] }} or a choice"
-    problem = _check_scalar(dotted, types[name], float(value) if types[name] is float else value, rules)
-    return f"{problem} (for {dotted})" if problem else None
 
 
 def _check_search_block(search: SearchSpec, block: ModelBlock, where: str, problems) -> None:
@@ -411,7 +304,7 @@ def _check_search_block(search: SearchSpec, block: ModelBlock, where: str, probl
         if isinstance(block.values.get(dotted), list):
             problems.append((f"{where}.space.\"{dotted}\"", f"model[{block.index}] also sweeps {dotted} with a list; "
                              "a key is either a grid axis or searched, not both"))
-    epochs = [e for e in _as_list(block.values.get("train.epochs", C.TrainSpec.epochs)) if _is_int(e)]
+    epochs = [e for e in _as_list(block.values.get("train.epochs", C.TrainSpec.epochs)) if is_int(e)]
     if search.prune != "none" and epochs and search.min_epochs >= min(epochs):
         problems.append((f"{where}.min_epochs", f"got {search.min_epochs}; pruning needs min_epochs below "
                          f"train.epochs ({min(epochs)} in model[{block.index}])"))
@@ -436,45 +329,13 @@ def _parse_final(raw: dict[str, Any], blocks: list[ModelBlock], task: str | None
 
 # ---- values ----------------------------------------------------------------------------------------------------
 
-def model_rules(task: str | None) -> Rules:
-    """The model keys' rules for the task's families (a U-Net's depth is narrower than a classifier's)."""
-    return {f"model.{key}": rule for key, rule in rules_for("unet" if task == "segmentation" else "cnn").items()}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _type_name(kind: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, "a list of numbers")
-
-
-def _check_scalar(dotted: str, kind: Any, value: Any, rules: Rules = MODEL_RULES) -> str | None:
-    ok = {
-        int: _is_int(value),
-        float: (_is_int(value) or isinstance(value, float)),
-        bool: isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(kind, False)
-    if not ok:
-        return f"expected {_type_name(kind)}, got {value!r}"
-    if dotted in CHOICES and value not in CHOICES[dotted]:
-        return f"got {value!r}; allowed: {', '.join(CHOICES[dotted])}"
-    if dotted in rules and not rules[dotted].admits(value):
-        return f"got {value!r}; allowed: {rules[dotted].describe()}"
-    bound = BOUNDS.get(dotted)
-    if bound and not bound.admits(value):
-        return f"got {value!r}; allowed: {bound.describe()}"
-    return None
-
-
 def _check_value(dotted: str, kind: Any, value: Any, rules: Rules = MODEL_RULES) -> str | None:
     if dotted in LIST_VALUED:
-        if not (isinstance(value, list) and value and all(_is_int(v) or isinstance(v, float) for v in value)):
+        if not (isinstance(value, list) and value and all(is_int(v) or isinstance(v, float) for v in value)):
             return f"expected a non-empty list of numbers, got {value!r}"
         return None
     if isinstance(value, list):
@@ -482,9 +343,9 @@ def _check_value(dotted: str, kind: Any, value: Any, rules: Rules = MODEL_RULES)
             return "an empty list sweeps nothing; give at least one value"
         if len(value) != len({repr(v) for v in value}):
             return f"the sweep repeats a value: {value!r}"
-        problems = [p for p in (_check_scalar(dotted, kind, v, rules) for v in value) if p]
+        problems = [p for p in (check_scalar(dotted, kind, v, rules) for v in value) if p]
         return problems[0] if problems else None
-    return _check_scalar(dotted, kind, value, rules)
+    return check_scalar(dotted, kind, value, rules)
 
 
 def _normalise(dotted: str, kind: Any, value: Any) -> Any:

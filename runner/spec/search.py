@@ -1,13 +1,16 @@
 """[search] and [final] tables -> frozen SearchSpec / FinalSpec, with every problem collected at once.
 
-`runner.spec` calls `parse_search` for the experiment-wide [search] and for each `[model.search]` override, and
-`parse_final` for [final]. Nothing here knows Optuna: the sampler and pruner are built from these in runner.search.
+`runner.spec.parse` calls `parse_search` for the experiment-wide [search] and for each `[model.search]` override,
+and `parse_final` for [final]. Nothing here knows Optuna: the sampler and pruner are built from these in
+runner.search.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from runner.spec.fields import SECTIONS, Rules, check_search_key, field_types, is_int, is_number, model_rules
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "asha", "median")
@@ -50,7 +53,7 @@ class Distribution:
         """Whether `value` is one this distribution can produce (an earlier trial of an edited space may not be)."""
         if self.kind == "choice":
             return value in self.choices
-        if not _is_number(value) or not self.low <= value <= self.high or (self.kind == "int" and not _is_int(value)):
+        if not is_number(value) or not self.low <= value <= self.high or (self.kind == "int" and not is_int(value)):
             return False
         step = self.step or (1 if self.kind == "int" else None)
         return step is None or abs((value - self.low) / step - round((value - self.low) / step)) < 1e-9
@@ -97,14 +100,6 @@ class FinalSpec:
 Problems = list[tuple[str, str]]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, float)
-
-
 # ---- [search] --------------------------------------------------------------------------------------------------
 
 def merge_search(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -117,9 +112,9 @@ def merge_search(base: dict[str, Any] | None, override: dict[str, Any] | None) -
     return merged
 
 
-def parse_search(table: Any, where: str, task: str | None, check_key, problems: Problems) -> SearchSpec | None:
-    """Validate one (merged) search table. `check_key(dotted, value)` returns a problem for a value a spec key cannot
-    take, or raises KeyError for a key that is not a spec key."""
+def parse_search(table: Any, where: str, task: str | None, problems: Problems) -> SearchSpec | None:
+    """Validate one (merged) search table; every value a distribution can produce is checked against the spec key
+    with the model rules of the task's families."""
     if not isinstance(table, dict):
         problems.append((where, f"expected a table [{where}]"))
         return None
@@ -137,7 +132,7 @@ def parse_search(table: Any, where: str, task: str | None, check_key, problems: 
         "metric": _metric(table.get("metric", DEFAULT_METRIC.get(task or "", "valid_auc")), task, f"{where}.metric",
                           problems),
     }
-    space = _parse_space(table.get("space"), f"{where}.space", check_key, problems)
+    space = _parse_space(table.get("space"), f"{where}.space", model_rules(task), problems)
     trials = _trials(table, values["sampler"], space, where, problems)
     if len(problems) > before:
         return None
@@ -154,7 +149,7 @@ def _choice(table, key, allowed, default, where, problems) -> str:
 
 def _integer(table, key, default, low, where, problems) -> int:
     value = table.get(key, default)
-    if not _is_int(value) or value < low:
+    if not is_int(value) or value < low:
         problems.append((f"{where}.{key}", f"expected an integer >= {low}, got {value!r}"))
         return default
     return value
@@ -178,17 +173,17 @@ def _trials(table, sampler: str, space: dict[str, Distribution], where: str, pro
             return 1
         size = math.prod(len(d.grid_values()) for d in space.values()) if space else 1
         trials = table.get("trials", size)
-        if _is_int(trials) and trials > size:
+        if is_int(trials) and trials > size:
             problems.append((f"{where}.trials", f"got {trials}; the grid has only {size} points"))
     else:
         trials = table.get("trials", 10)
-    if not _is_int(trials) or trials < 1:
+    if not is_int(trials) or trials < 1:
         problems.append((f"{where}.trials", f"expected an integer >= 1, got {trials!r}"))
         return 1
     return trials
 
 
-def _parse_space(space: Any, where: str, check_key, problems: Problems) -> dict[str, Distribution]:
+def _parse_space(space: Any, where: str, rules: Rules, problems: Problems) -> dict[str, Distribution]:
     if space is None or space == {}:
         problems.append((where, 'a search needs at least one axis, e.g. [search.space] "train.lr" = '
                          "{ log = [1e-4, 1e-2] }"))
@@ -198,13 +193,13 @@ def _parse_space(space: Any, where: str, check_key, problems: Problems) -> dict[
         return {}
     out = {}
     for dotted, raw in space.items():
-        distribution = _parse_distribution(dotted, raw, f'{where}."{dotted}"', check_key, problems)
+        distribution = _parse_distribution(dotted, raw, f'{where}."{dotted}"', rules, problems)
         if distribution is not None:
             out[dotted] = distribution
     return out
 
 
-def _parse_distribution(dotted: str, raw: Any, where: str, check_key, problems: Problems) -> Distribution | None:
+def _parse_distribution(dotted: str, raw: Any, where: str, rules: Rules, problems: Problems) -> Distribution | None:
     if dotted in NOT_SEARCHABLE:
         problems.append((where, f"{dotted} cannot be searched: model.family and model.group name the models being "
                          "compared (sweep them with a list), the others do not change results"))
@@ -223,7 +218,7 @@ def _parse_distribution(dotted: str, raw: Any, where: str, check_key, problems: 
         distribution = _range_distribution(kind, value, raw.get("step"), where, problems)
     if distribution is None:
         return None
-    return distribution if _fits_key(dotted, distribution, where, check_key, problems) else None
+    return distribution if _fits_key(dotted, distribution, where, rules, problems) else None
 
 
 def _choice_distribution(value, raw, where, problems) -> Distribution | None:
@@ -240,7 +235,7 @@ def _choice_distribution(value, raw, where, problems) -> Distribution | None:
 
 
 def _range_distribution(kind, value, step, where, problems) -> Distribution | None:
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+    if not (isinstance(value, list) and len(value) == 2 and all(is_number(v) for v in value)):
         problems.append((where, f"{kind} needs [low, high] with two numbers, got {value!r}"))
         return None
     low, high = value
@@ -250,22 +245,22 @@ def _range_distribution(kind, value, step, where, problems) -> Distribution | No
     if kind == "log" and low <= 0:
         problems.append((where, f"log bounds must be > 0, got [{low}, {high}]"))
         return None
-    if kind == "int" and not (_is_int(low) and _is_int(high)):
+    if kind == "int" and not (is_int(low) and is_int(high)):
         problems.append((where, f"int bounds must be integers, got [{low}, {high}]"))
         return None
-    if step is not None and (kind == "log" or not _is_number(step) or step <= 0 or (kind == "int" and not _is_int(step))):
+    if step is not None and (kind == "log" or not is_number(step) or step <= 0 or (kind == "int" and not is_int(step))):
         problems.append((where, f"step must be a positive {'integer' if kind == 'int' else 'number'} and applies to "
                          f"int and uniform only; got step = {step!r} for {kind}"))
         return None
     return Distribution(kind, low=low, high=high, step=step)
 
 
-def _fits_key(dotted: str, distribution: Distribution, where: str, check_key, problems: Problems) -> bool:
+def _fits_key(dotted: str, distribution: Distribution, where: str, rules: Rules, problems: Problems) -> bool:
     """Every value the distribution can produce must be a valid value of the spec key (type, bounds, choices)."""
     probes = distribution.choices if distribution.kind == "choice" else (distribution.low, distribution.high)
     for value in probes:
         try:
-            problem = check_key(dotted, value, distribution.kind)
+            problem = check_search_key(dotted, value, distribution.kind, rules)
         except KeyError as exc:
             problems.append((where, str(exc.args[0])))
             return False
@@ -286,7 +281,7 @@ def parse_final(table: Any, task: str | None, search_metric: str | None, problem
         if key not in FINAL_KEYS:
             problems.append((f"final.{key}", f"unknown key; allowed in [final]: {', '.join(FINAL_KEYS)}"))
     seeds = table.get("seeds")
-    if not (isinstance(seeds, list) and seeds and all(_is_int(s) and s >= 0 for s in seeds)) or \
+    if not (isinstance(seeds, list) and seeds and all(is_int(s) and s >= 0 for s in seeds)) or \
             len(set(seeds)) != len(seeds):
         problems.append(("final.seeds", f"expected a non-empty list of distinct integers >= 0 (e.g. [0, 1, 2, 3, 4]), "
                          f"got {seeds!r}"))
@@ -300,8 +295,6 @@ def parse_final(table: Any, task: str | None, search_metric: str | None, problem
 
 
 def _parse_per(per: Any, problems: Problems) -> tuple[str, ...]:
-    from runner.spec import SECTIONS, field_types  # runner.spec imports this module
-
     known = {f"{s}.{f}" for s in SECTIONS if s != "eval" for f in field_types(s)}
     if not (isinstance(per, list) and per and all(isinstance(p, str) for p in per)):
         problems.append(("final.per", f"expected a non-empty list of keys, e.g. {list(DEFAULT_PER)}; got {per!r}"))
