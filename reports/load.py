@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from runner.db import (
+from runner.store import (
     ArtifactModel,
     DatabaseError,
     EpochMetricModel,
@@ -30,9 +30,9 @@ from runner.db import (
     RungModel,
     TrialJobModel,
     TrialModel,
-    make_engine,
 )
-from runner.db_errors import connection_problem
+from runner.store.engine import make_engine
+from runner.store.errors import connection_problem
 
 Source = Union[str, os.PathLike, Engine]
 

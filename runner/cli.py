@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner.cluster import ClusterError, ClusterProfile, read_profile
-from runner.db import JOB_STATUSES, Database, DatabaseError
+from runner.store import JOB_STATUSES, Database, DatabaseError
 from runner.exit_codes import (  # noqa: F401  re-exported: older callers import the codes from here
     EXIT_BAD_INPUT,
     EXIT_DATABASE_AWAY,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from runner import checkpoint, liveness, train
-from runner.db import Database, LostJob
+from runner.store import Database, LostJob
 from runner.device import describe, limit_threads, peak_memory_mb, pick_device, threads_per_worker
 from runner.display import make_display
 from runner.faults import DatabaseAway, DiskFull

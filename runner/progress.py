@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from runner.db import Database, JobModel
+from runner.store import Database, JobModel
 from runner.spec import Spec
 
 CLAIMABLE = ("queued", "interrupted")

@@ -14,7 +14,7 @@ from rich.table import Table
 from runner import execute
 from runner.cluster import ClusterProfile
 from runner.data import check_source
-from runner.db import FINISHED, Database
+from runner.store import FINISHED, Database
 from runner.exit_codes import (
     EXIT_DATABASE_AWAY,
     EXIT_DISK_FULL,

@@ -3,7 +3,7 @@ runner is known to be alive. Shared by `status` and by a run that ends with jobs
 from __future__ import annotations
 
 from runner import liveness
-from runner.db import Database, JobModel
+from runner.store import Database, JobModel
 
 def running_rows(db: Database, experiment_id: int | None = None,
                  stale_after: float = 300.0) -> list[tuple[str, ...]]:

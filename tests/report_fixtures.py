@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, event, insert
 
 from runner.spec.config import AugmentSpec, DataSpec, EvalSpec, JobConfig, ModelSpec, TrainSpec
-from runner.db import (
+from runner.store import (
     ArtifactModel,
     BaseModel,
     EpochMetricModel,

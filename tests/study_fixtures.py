@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.spec.config import JobConfig
-from runner.db import Database, NewTrial
+from runner.store import Database, NewTrial
 from runner.spec.identity import job_key
 from tests.report_fixtures import job_config
 

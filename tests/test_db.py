@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy import update
 
-from runner.db import Database, DatabaseError, DatabaseUnavailable, JobModel, LostJob, SchemaVersionModel
+from runner.store import Database, DatabaseError, DatabaseUnavailable, JobModel, LostJob, SchemaVersionModel
 from runner.faults import DatabaseAway
 
 CONFIG = {"model": {"family": "cnn", "group": "trivial"}, "seed": 0}

@@ -57,7 +57,7 @@ def test_passwords_never_appear_in_errors(tmp_path, capsys):
     ("failed to resolve host 'db.example.org'", "does not resolve"),
 ])
 def test_driver_messages_become_the_next_step(message, expected):
-    from runner.db_errors import connection_problem
+    from runner.store.errors import connection_problem
 
     line = connection_problem("postgresql://alice:pw@db.example.org/lab", RuntimeError(message))
     assert expected in line and "db.example.org:5432" in line and "pw" not in line.replace("password", "")

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from runner import cli
-from runner.db import Database
+from runner.store import Database
 from runner.exit_codes import EXIT_DATABASE_AWAY
 from tests import pg_server
 from tests.test_ownership import test_a_worker_that_lost_its_job_stops_training_it_and_writes_nothing  # noqa: F401

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner import cli, liveness
-from runner.db import Database
+from runner.store import Database
 from runner.execute import take_over_dead_here, worker_name
 from tests.test_e2e import TINY, write
 

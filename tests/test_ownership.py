@@ -11,7 +11,7 @@ import torch
 from sqlalchemy import update
 
 from runner import execute
-from runner.db import Database, JobModel
+from runner.store import Database, JobModel
 from runner.display import PlainDisplay
 from runner.spec.identity import expand
 from runner.spec import read_spec

@@ -25,7 +25,7 @@ import reports
 from reports.figures import MAX_LINES, pick_lines
 from reports.load import connect
 from reports.tables import comparison_table, group_sort_key, latex_escape, select_models
-from runner.db import ArtifactModel, FinalMetricModel, JobModel, RotationMetricModel
+from runner.store import ArtifactModel, FinalMetricModel, JobModel, RotationMetricModel
 from tests.report_fixtures import build_empty_db, build_fixture_db, create_db, job_config, job_rows, _insert
 
 REFERENCE = Path(__file__).parent / "reference"

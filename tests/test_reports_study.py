@@ -25,7 +25,7 @@ import reports
 from reports import final, study, study_figures
 from reports.figures import Skipped
 from reports.load import load_rungs, load_trials
-from runner.db import BaseModel, ExperimentModel, FinalMetricModel, JobModel
+from runner.store import BaseModel, ExperimentModel, FinalMetricModel, JobModel
 from tests.report_fixtures import build_fixture_db, job_config, job_rows, _insert
 from tests.study_fixtures import CNN_AUC, NAME, SPEC_TOML, TEST_AUC, build_study_db
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from runner.cluster import ClusterError, ClusterProfile
-from runner.db import Database
+from runner.store import Database
 from runner.display import PlainDisplay, worker_log
 from runner.execute import StopFlag, WorkerOptions, run_worker
 from runner.progress import ENDED, Work, work

@@ -26,7 +26,7 @@ import torch
 
 from runner import checkpoint
 from runner.spec.config import JobConfig
-from runner.db import Database, JobModel
+from runner.store import Database, JobModel
 from runner.spec.identity import config_from_dict
 from runner.inference import artifact
 from runner.inference.selection import SelectionError, best_job_id

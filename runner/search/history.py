@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.db import FINISHED, StudySnapshot
+from runner.store import FINISHED, StudySnapshot
 
 # Optuna's trial states, by job status.
 STATES = {"done": "complete", "pruned": "pruned", "failed": "fail"}

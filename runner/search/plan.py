@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from runner.db import FINISHED, Database, NewTrial
+from runner.store import FINISHED, Database, NewTrial
 from runner.spec.identity import expand
 from runner.search.final import final_jobs, model_name, model_of, select
 from runner.search.history import History, JobHistory

@@ -1,4 +1,7 @@
-"""The results database: table definitions first, then one session helper and small queries.
+"""The results database: one session helper and small queries; every public method of Database is one transaction.
+
+The tables are in runner/store/tables.py, the migrations in migrations.py, the engine in engine.py, the errors (each
+with the next step) in errors.py.
 
 SQLite (WAL, busy timeout) at `<root>/results.db` by default; any SQLAlchemy URL works.
 """
@@ -11,32 +14,12 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    delete,
-    event,
-    func,
-    inspect,
-    select,
-    update,
-)
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from tenacity import (
     Retrying,
     retry,
@@ -49,224 +32,36 @@ from tenacity import (
     wait_fixed,
 )
 
-from runner.db_errors import bad_url, connection_problem, is_bad_url, is_disk_full, is_transient, server_name
-from runner.faults import DatabaseAway, DiskFull
+from runner.faults import DatabaseAway
+from runner.store.engine import make_engine
+from runner.store.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    LostJob,
+    classified,
+    connection_problem,
+    server_name,
+    worth_retrying,
+)
+from runner.store.migrations import MIGRATIONS
+from runner.store.tables import (
+    SCHEMA_VERSION,
+    ArtifactModel,
+    BaseModel,
+    EpochMetricModel,
+    ExperimentModel,
+    FinalMetricModel,
+    JobModel,
+    NewTrial,
+    RotationMetricModel,
+    RungModel,
+    SchemaVersionModel,
+    StudySnapshot,
+    TrialJobModel,
+    TrialModel,
+)
 
 log = logging.getLogger("runner.store")
-
-SCHEMA_VERSION = 3
-JOB_STATUSES = ("queued", "running", "done", "failed", "interrupted", "pruned")
-FINISHED = ("done", "failed", "pruned")  # final: a rerun does not resume these (--retry-failed / --force do)
-
-
-class BaseModel(DeclarativeBase):
-    pass
-
-
-class SchemaVersionModel(BaseModel):
-    __tablename__ = "schema_versions"
-    schema_version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer, nullable=False)
-
-
-class ExperimentModel(BaseModel):
-    __tablename__ = "experiments"
-    experiment_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
-    task: Mapped[str] = mapped_column(String(32), nullable=False)
-    spec_path: Mapped[str] = mapped_column(Text, nullable=False)
-    spec_toml: Mapped[str] = mapped_column(Text, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-
-
-class JobModel(BaseModel):
-    __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("experiment_id", "key"),)
-    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.experiment_id"), nullable=False, index=True)
-    key: Mapped[str] = mapped_column(String(64), nullable=False)  # hash of the canonical resolved config
-    label: Mapped[str] = mapped_column(String(255), nullable=False)  # short human name for tables
-    config_json: Mapped[str] = mapped_column(Text, nullable=False)
-    family: Mapped[str] = mapped_column(String(32), nullable=False)
-    group_name: Mapped[str] = mapped_column(String(32), nullable=False)
-    seed: Mapped[int] = mapped_column(Integer, nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued", index=True)
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    worker: Mapped[str | None] = mapped_column(String(255))  # hostname:pid of the claiming process
-    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-    started_at: Mapped[datetime | None] = mapped_column(DateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)  # the database's clock, not the worker's
-    error: Mapped[str | None] = mapped_column(Text)
-    traceback: Mapped[str | None] = mapped_column(Text)
-    git_commit: Mapped[str | None] = mapped_column(String(64))
-    git_dirty: Mapped[bool | None] = mapped_column(Boolean)
-    packages_json: Mapped[str | None] = mapped_column(Text)
-    device: Mapped[str | None] = mapped_column(String(64))
-    hostname: Mapped[str | None] = mapped_column(String(255))
-    params: Mapped[int | None] = mapped_column(Integer)
-    # Where a Slurm array task ran it (NULL outside Slurm); added in schema version 2.
-    slurm_job_id: Mapped[str | None] = mapped_column(String(64))
-    slurm_array_task_id: Mapped[int | None] = mapped_column(Integer)
-    slurm_node: Mapped[str | None] = mapped_column(String(255))
-
-
-class EpochMetricModel(BaseModel):
-    """One metric of one epoch, e.g. (job, 3, 'valid_auc', 0.91). Long format: tasks have different metrics."""
-
-    __tablename__ = "epoch_metrics"
-    __table_args__ = (UniqueConstraint("job_id", "epoch", "name"),)
-    epoch_metric_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False, index=True)
-    epoch: Mapped[int] = mapped_column(Integer, nullable=False)
-    name: Mapped[str] = mapped_column(String(64), nullable=False)
-    value: Mapped[float | None] = mapped_column(Float)
-
-
-class FinalMetricModel(BaseModel):
-    """A job's end result, e.g. (job, 'test_auc', 0.93), written once when the job is done."""
-
-    __tablename__ = "final_metrics"
-    __table_args__ = (UniqueConstraint("job_id", "name"),)
-    final_metric_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False, index=True)
-    name: Mapped[str] = mapped_column(String(64), nullable=False)
-    value: Mapped[float | None] = mapped_column(Float)
-
-
-class RotationMetricModel(BaseModel):
-    """Test metric on inputs rotated by `angle` degrees: what equivariance buys."""
-
-    __tablename__ = "rotation_metrics"
-    __table_args__ = (UniqueConstraint("job_id", "angle", "name"),)
-    rotation_metric_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False, index=True)
-    angle: Mapped[float] = mapped_column(Float, nullable=False)
-    name: Mapped[str] = mapped_column(String(64), nullable=False)
-    value: Mapped[float | None] = mapped_column(Float)
-
-
-class ArtifactModel(BaseModel):
-    """A small binary result of a job, e.g. 'samples.npz': a few test inputs with labels and predictions."""
-
-    __tablename__ = "artifacts"
-    __table_args__ = (UniqueConstraint("job_id", "name"),)
-    artifact_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False, index=True)
-    name: Mapped[str] = mapped_column(String(64), nullable=False)
-    media_type: Mapped[str] = mapped_column(String(64), nullable=False)
-    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
-
-
-class TrialModel(BaseModel):
-    """One configuration of a study: a sampled search trial or a final-evaluation pick. Its jobs (one per seed) are
-    linked in trial_jobs; two trials with the same resolved config share the same jobs (same key)."""
-
-    __tablename__ = "trials"
-    __table_args__ = (UniqueConstraint("experiment_id", "stream", "role", "number"),)
-    trial_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.experiment_id"), nullable=False, index=True)
-    stream: Mapped[str] = mapped_column(String(255), nullable=False)  # one search, or one model of the final stage
-    role: Mapped[str] = mapped_column(String(16), nullable=False)  # search | final
-    number: Mapped[int] = mapped_column(Integer, nullable=False)  # trial number within the stream, from 0
-    params_json: Mapped[str] = mapped_column(Text, nullable=False)  # sampled values by dotted key
-    system_attrs_json: Mapped[str] = mapped_column(Text, nullable=False)  # the sampler's bookkeeping, for rebuilds
-    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-
-
-class TrialJobModel(BaseModel):
-    __tablename__ = "trial_jobs"
-    __table_args__ = (UniqueConstraint("trial_id", "job_id"),)
-    trial_job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.trial_id", ondelete="CASCADE"), nullable=False,
-                                          index=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False, index=True)
-
-
-class RungModel(BaseModel):
-    """A pruning decision: job reached `epoch` (rung `rung`) with `value`; it went on iff `promoted`. `cut` is the
-    value it had to reach and `competitors` how many jobs (itself included) the decision compared."""
-
-    __tablename__ = "rungs"
-    __table_args__ = (UniqueConstraint("job_id", "rung"),)
-    rung_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False, index=True)
-    rung: Mapped[int] = mapped_column(Integer, nullable=False)
-    epoch: Mapped[int] = mapped_column(Integer, nullable=False)  # 1-based: epochs completed
-    metric: Mapped[str] = mapped_column(String(64), nullable=False)
-    value: Mapped[float | None] = mapped_column(Float)
-    cut: Mapped[float | None] = mapped_column(Float)
-    competitors: Mapped[int] = mapped_column(Integer, nullable=False)
-    promoted: Mapped[bool] = mapped_column(Boolean, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
-
-
-@dataclass(frozen=True)
-class NewTrial:
-    stream: str
-    role: str  # search | final
-    number: int
-    params: dict[str, Any]
-    system_attrs: dict[str, Any]
-    jobs: tuple[tuple[str, str, dict[str, Any]], ...]  # (key, label, config) per seed
-
-
-@dataclass(frozen=True)
-class StudySnapshot:
-    """Plain rows: jobs (job_id, key, status, config_json), trials (trial_id, stream, role, number, params_json,
-    system_attrs_json), links (trial_id, job_id), epochs (job_id, epoch, name, value), rungs (job_id, rung, epoch,
-    value, promoted)."""
-
-    jobs: tuple[tuple, ...]
-    trials: tuple[tuple, ...]
-    links: tuple[tuple, ...]
-    epochs: tuple[tuple, ...]
-    rungs: tuple[tuple, ...]
-
-
-# ---- in-place migrations: MIGRATIONS[v] brings a version-v database to version v + 1 -------------------------
-
-def _add_missing_columns(engine, table: str, columns: dict[str, str]) -> None:
-    for name, sql_type in columns.items():
-        if name in {c["name"] for c in inspect(engine).get_columns(table)}:
-            continue
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
-        except DBAPIError:
-            # Another runner added it a moment ago; anything else would still be missing, so raise then.
-            if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
-                raise
-
-
-def _migrate_slurm_provenance(engine) -> None:
-    """Version 1 -> 2: the Slurm job id, array task id and node that ran each job."""
-    _add_missing_columns(engine, "jobs", {"slurm_job_id": "VARCHAR(64)", "slurm_array_task_id": "INTEGER",
-                                          "slurm_node": "VARCHAR(255)"})
-
-
-def _migrate_study_tables(engine) -> None:
-    """Version 2 -> 3: the study tables (trials, trial_jobs, rungs); the status 'pruned' needs no change."""
-    BaseModel.metadata.create_all(engine)  # creates only the tables that are missing
-
-
-MIGRATIONS = {1: _migrate_slurm_provenance, 2: _migrate_study_tables}
-
-
-# ---- connection and session ------------------------------------------------------------------------------------
-
-class DatabaseError(Exception):
-    """A database problem with the next step in its message."""
-
-
-class DatabaseUnavailable(DatabaseError):
-    """A transient failure (server restarting, dropped connection, SQLite lock): the transaction may be run again."""
-
-
-class LostJob(Exception):
-    """This worker no longer holds the job: it was presumed dead and the job went to someone else (or was given
-    back). Nothing was written; the worker must stop training that job at once."""
-
 
 def transaction(method: Callable) -> Callable:
     """A public method of Database: one transaction, run again after a transient error for up to `retry_seconds`."""
@@ -275,59 +70,6 @@ def transaction(method: Callable) -> Callable:
     def run(self: "Database", *args: Any, **kwargs: Any) -> Any:
         return self.retrying(lambda: method(self, *args, **kwargs))
     return run
-
-
-def make_engine(url: str, create: bool = True):
-    """An engine for `url`; SQLite gets WAL (readers never block the writer) and a busy timeout."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url[len("sqlite:///"):])
-        if not create and not path.exists():  # connecting would create an empty file
-            raise DatabaseError(f"{url} has no results yet; run a spec first: python -m runner SPEC")
-        path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # pre_ping: after a server restart the pool holds dead connections; test each before use instead of failing.
-        engine = create_engine(_with_driver(url), connect_args=_connect_args(url),
-                               pool_pre_ping=not url.startswith("sqlite"))
-    except Exception as exc:
-        if is_bad_url(exc):
-            raise DatabaseError(bad_url(url, exc)) from None
-        raise
-    if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
-    if url.startswith("postgresql"):
-        event.listen(engine, "connect", _postgresql_utc)
-    return engine
-
-
-def _connect_args(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        return {"timeout": 60}
-    # A firewalled server would otherwise hang each command for minutes before saying anything.
-    return {"connect_timeout": 15} if url.startswith("postgresql") else {}
-
-
-def _with_driver(url: str):
-    """`postgresql://` means psycopg 3, the driver this project installs (SQLAlchemy would pick psycopg2)."""
-    parsed = make_url(url)
-    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" else parsed
-
-
-def _postgresql_utc(dbapi_connection, _record) -> None:
-    # now() is timestamptz; stored in our naive DateTime columns it becomes the session's local time. UTC in every
-    # session keeps heartbeats comparable between machines (PGTZ) and through DST changes, as SQLite's clock is.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("SET TIME ZONE 'UTC'")
-    cursor.close()
-    dbapi_connection.commit()  # a rolled-back SET would be undone
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=60000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
-    cursor.close()
 
 
 class Database:
@@ -350,13 +92,13 @@ class Database:
     def retrying(self, call: Callable[[], Any]) -> Any:
         """`call()`, again after each transient error with backoff, for up to `retry_seconds`; one log line when an
         outage starts and one when it ends. Past the bound: DatabaseAway, naming the server."""
-        attempts = Retrying(retry=retry_if_exception(_worth_retrying), reraise=True,
+        attempts = Retrying(retry=retry_if_exception(worth_retrying), reraise=True,
                             stop=stop_after_delay(self.retry_seconds), wait=wait_exponential(0.25, max=5),
                             before_sleep=self._outage)
         try:
             result = attempts(call)
         except (DatabaseUnavailable, DBAPIError) as exc:
-            if not _worth_retrying(exc):
+            if not worth_retrying(exc):
                 raise
             raise DatabaseAway(
                 f"the database {server_name(self.url)} stayed unreachable for {self.retry_seconds:.0f} s "
@@ -383,7 +125,7 @@ class Database:
             session.commit()
         except DBAPIError as exc:
             _rollback(session)
-            problem = _classified(self.url, exc)
+            problem = classified(self.url, exc)
             if problem is None:
                 raise  # e.g. IntegrityError, which callers handle themselves
             raise problem from exc
@@ -712,10 +454,6 @@ class Database:
         return epochs, final
 
 
-def _worth_retrying(exc: BaseException) -> bool:
-    return isinstance(exc, DatabaseUnavailable) or (isinstance(exc, DBAPIError) and is_transient(exc))
-
-
 def _held_by(job_id: int, worker: str) -> tuple:
     """The WHERE of every write a worker makes to its job: still its worker, still running, in the same statement
     (a read-then-write would let a takeover slip in between under read-committed isolation)."""
@@ -739,18 +477,6 @@ def _rollback(session: Session) -> None:
         session.rollback()
     except DBAPIError:
         pass
-
-
-def _classified(url: str, exc: DBAPIError) -> Exception | None:
-    """The driver's error as ours: DiskFull, DatabaseUnavailable (worth retrying), DatabaseError; None: not ours."""
-    if is_disk_full(exc):
-        where = url[len("sqlite:///"):] if url.startswith("sqlite:///") else server_name(url)
-        return DiskFull(f"no space left for the database {where} ({exc.orig}); free space, then rerun")
-    if is_transient(exc):
-        return DatabaseUnavailable(f"database {server_name(url)}: {str(exc.orig).strip().splitlines()[0]}")
-    if isinstance(exc, OperationalError):
-        return DatabaseError(f"database {server_name(url)} failed: {exc.orig}")
-    return None
 
 
 def _new_job(experiment_id: int, key: str, label: str, config: dict[str, Any]) -> JobModel:

@@ -9,6 +9,8 @@ import re
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
+from runner.faults import DiskFull
+
 # (pattern in the driver's message, what went wrong, what to do); the first match wins.
 PROBLEMS = (
     (r"database \"?([^\"\s]+)\"? does not exist", "database {0!r} does not exist",
@@ -75,3 +77,32 @@ def bad_url(url: str, exc: BaseException) -> str:
 
 def is_bad_url(exc: BaseException) -> bool:
     return isinstance(exc, (ArgumentError, ModuleNotFoundError))
+
+
+class DatabaseError(Exception):
+    """A database problem with the next step in its message."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """A transient failure (server restarting, dropped connection, SQLite lock): the transaction may be run again."""
+
+
+class LostJob(Exception):
+    """This worker no longer holds the job: it was presumed dead and the job went to someone else (or was given
+    back). Nothing was written; the worker must stop training that job at once."""
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    return isinstance(exc, DatabaseUnavailable) or (isinstance(exc, DBAPIError) and is_transient(exc))
+
+
+def classified(url: str, exc: DBAPIError) -> Exception | None:
+    """The driver's error as ours: DiskFull, DatabaseUnavailable (worth retrying), DatabaseError; None: not ours."""
+    if is_disk_full(exc):
+        where = url[len("sqlite:///"):] if url.startswith("sqlite:///") else server_name(url)
+        return DiskFull(f"no space left for the database {where} ({exc.orig}); free space, then rerun")
+    if is_transient(exc):
+        return DatabaseUnavailable(f"database {server_name(url)}: {str(exc.orig).strip().splitlines()[0]}")
+    if isinstance(exc, OperationalError):
+        return DatabaseError(f"database {server_name(url)} failed: {exc.orig}")
+    return None
