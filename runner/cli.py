@@ -137,7 +137,7 @@ def cmd_run(args) -> int:
     # escnn's solver cache lives with the rest of the run state, so deleting the root resets everything.
     os.environ.setdefault("EQUIV_CACHE_DIR", str(Path(args.root) / "cache" / "equiv"))
     from runner.data import DataError
-    from runner.device import pick_device
+    from runner.training.device import pick_device
     from runner.executors.slurm import SubmitError
     from runner.spec.identity import expand
     from runner.run import RunRequest, run_spec

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import torch
 
-from runner import checkpoint, liveness, train
+from runner import liveness
+from runner.training import checkpoint, loop
 from runner.store import Database, LostJob
-from runner.device import describe, limit_threads, peak_memory_mb, pick_device, threads_per_worker
+from runner.training.device import describe, limit_threads, peak_memory_mb, pick_device, threads_per_worker
 from runner.display import make_display
 from runner.faults import DatabaseAway, DiskFull
 from runner.spec.identity import config_from_dict
-from runner.provenance import collect
+from runner.training.provenance import collect
 from runner.spec import Spec
 
 PLAN_POLL_SECONDS = 2.0  # how often an idle worker of a study looks again while other runners' jobs finish
@@ -159,7 +160,7 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
     if display:
         display.job_started(job.label)
     # Every write below is owner-checked: a hook that finds the job gone raises LostJob and training stops there.
-    hooks = train.Hooks(
+    hooks = loop.Hooks(
         record_epochs=lambda history: _record(db, job, name, history, display),
         heartbeat=_throttled(lambda: db.heartbeat(job.job_id, name), options.heartbeat_every),
         should_stop=stop.is_set,
@@ -171,13 +172,13 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
     path = checkpoint.checkpoint_path(options.root, job.key)
     try:
         db.set_provenance(job.job_id, name, **collect(describe(device)))
-        result = train.run(config, path, options.root / "data", device, hooks)
-    except (train.Interrupted, KeyboardInterrupt) as exc:
+        result = loop.run(config, path, options.root / "data", device, hooks)
+    except (loop.Interrupted, KeyboardInterrupt) as exc:
         db.mark(job.job_id, "interrupted", name, error=str(exc) or "interrupted")
         _ended(display, job.label, "interrupted", "(rerun the spec to resume from its checkpoint)")
         stop.event.set()
         return "interrupted"
-    except train.Pruned as exc:
+    except loop.Pruned as exc:
         db.mark(job.job_id, "pruned", name, error=str(exc))
         _ended(display, job.label, "pruned", str(exc).removeprefix("pruned "))
         return "pruned"

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from runner import checkpoint
+from runner.training import checkpoint
 
 
 def test_round_trip_and_replace(tmp_path):

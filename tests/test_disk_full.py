@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from runner import checkpoint, cli
+from runner import cli
+from runner.training import checkpoint
 from runner.data.pcam import gunzip_cached, write_h5_atomic
 from runner.faults import DiskFull
 

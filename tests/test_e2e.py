@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import cli, train
-from runner.device import threads_per_worker
+from runner import cli
+from runner.training import loop
+from runner.training.device import threads_per_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """
@@ -146,20 +147,20 @@ def test_missing_pcam_folder_is_bad_input(tmp_path, capsys):
 
 
 def test_a_failing_job_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):
-    real_build = train.build
+    real_build = loop.build
 
     def build(config):
         if config.model.family == "gcnn":
             raise RuntimeError("injected failure: out of memory")
         return real_build(config)
 
-    monkeypatch.setattr(train, "build", build)
+    monkeypatch.setattr(loop, "build", build)
     spec, root = write(tmp_path, TINY), tmp_path / "runs"
     assert cli.main([str(spec), "--root", str(root), "train.epochs=1"]) == 1
     rows = query(root, "select family, status, error, traceback from jobs order by job_id")
     assert [(f, s) for f, s, _, _ in rows] == [("cnn", "done")] * 2 + [("gcnn", "failed")] * 2
     assert all("injected failure" in e and "Traceback" in t for _, s, e, t in rows if s == "failed")
-    monkeypatch.setattr(train, "build", real_build)
+    monkeypatch.setattr(loop, "build", real_build)
     assert cli.main([str(spec), "--root", str(root), "train.epochs=1", "--retry-failed"]) == 0
     assert query(root, "select status, count(*) from jobs group by status") == [("done", 4)]
 

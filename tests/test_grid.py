@@ -73,7 +73,7 @@ def test_config_round_trips_through_json():
 def test_pool_is_a_model_option_that_keeps_existing_keys():
     from runner.spec.identity import canonical
     from runner.spec import SpecError
-    from runner.train import build
+    from runner.training.loop import build
 
     blur, average = (expand(parse_spec({"experiment": {"name": "p"}, "model": [{"family": "gcnn", "group": "C4",
                                                                               "pool": pool, "width": 4}]}, "p.toml"))[0]

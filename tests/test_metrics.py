@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner.metrics import MetricInputError, classification_metrics, dice_bce_loss, segmentation_metrics
+from runner.training.metrics import MetricInputError, classification_metrics, dice_bce_loss, segmentation_metrics
 
 
 # --- classification -------------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_every_numeric_model_key_has_a_rule():
 @pytest.mark.parametrize(("family", "group", "case", "values"), cases(),
                          ids=[f"{f}-{g}-{c}" for f, g, c, _ in cases()])
 def test_extreme_legal_values_build_and_run(family, group, case, values):
-    from runner.train import build
+    from runner.training.loop import build
 
     [job] = expand(parse_spec(spec_for(family, group, values), "bounds.toml"))
     model = build(job.config).eval()

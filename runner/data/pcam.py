@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from runner.checkpoint import space_for
+from runner.faults import space_for
 from runner.data.batches import ArraySplit, H5Split, Split, Splits, read_rows
 from runner.data.errors import DataError
 

@@ -64,7 +64,7 @@ def run(args, console, errors) -> int:
 
 
 def cmd_export(args, console, errors) -> int:
-    from runner.checkpoint import CheckpointError
+    from runner.training.checkpoint import CheckpointError
     from runner.inference.export import ExportError, ExportRequest, VerificationError, export
 
     problem = _export_arguments(args)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner import checkpoint
+from runner.training import checkpoint
 from runner.spec.config import JobConfig
 from runner.store import Database, JobModel
 from runner.spec.identity import config_from_dict
@@ -125,7 +125,7 @@ def best_job(request: ExportRequest) -> int:
 
 
 def trained_model(root: Path, key: str, config: JobConfig) -> torch.nn.Module:
-    from runner.train import build
+    from runner.training.loop import build
 
     path = checkpoint.checkpoint_path(root, key)
     state = checkpoint.load(path)
@@ -143,7 +143,7 @@ def input_size(config: JobConfig) -> int:
 def verification_inputs(config: JobConfig, root: Path) -> torch.Tensor:
     """Normalised held-out test patches; tissue-like noise of the right size when the data is not at hand."""
     from runner.data import DataError, load_splits
-    from runner.train import normalise
+    from runner.training.loop import normalise
 
     try:
         split = load_splits(config.task, config.data, root / "data").test
@@ -230,7 +230,7 @@ def symmetry_of(module: torch.nn.Module, config: JobConfig, x: torch.Tensor) -> 
 
 def describe_job(request: ExportRequest, job: JobModel, config: JobConfig) -> dict[str, Any]:
     """What a user of the artifact needs besides the measurements: input, scale, classes, where it came from."""
-    from runner.provenance import git_state
+    from runner.training.provenance import git_state
 
     db = Database(request.db_url, create=False)
     _, final = db.metrics_of(job.job_id)

@@ -57,7 +57,7 @@ def test_plain_cnn_is_not_invariant_and_claiming_d4_fails_verification(trained):
 
 LOADER_WITHOUT_TRAINING_CODE = """
 import sys
-for name in ("escnn", "equiv", "runner.train", "runner.data", "runner.store", "sqlalchemy", "reports"):
+for name in ("escnn", "equiv", "runner.training", "runner.data", "runner.store", "sqlalchemy", "reports"):
     sys.modules[name] = None  # any import of these now raises ImportError
 import numpy as np
 from runner.inference.artifact import load

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 import equiv
 import equiv.checks
 from equiv.groups import parse_group, rotate
-from runner import checkpoint
+from runner.training import checkpoint
 from runner.spec.config import JobConfig
 from runner.data import iterate_batches, load_splits
 from runner.data.augment import Augmenter
-from runner.device import peak_memory_mb, reset_peak_memory
-from runner.metrics import classification_metrics, dice_bce_loss, segmentation_metrics
+from runner.training.device import peak_memory_mb, reset_peak_memory
+from runner.training.metrics import classification_metrics, dice_bce_loss, segmentation_metrics
 
 INVARIANCE_SAMPLES = 8
 SAMPLE_IMAGES = 8

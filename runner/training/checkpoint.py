@@ -5,28 +5,23 @@ any point leaves either the old or the new checkpoint whole, never half of one. 
 `torch.load(weights_only=True)`, which cannot run code hidden in a file.
 
 A write that fails for lack of space raises `DiskFull` naming the folder and the bytes it needed: the runner then
-gives its job back instead of failing it (runner/faults.py). The state is serialised in memory first, so the only
+gives its job back instead of failing it (runner/faults.py, which also names the fault: space_for). The state is serialised in memory first, so the only
 thing that can meet a full disk is a plain file write, whose errno says so (torch.save straight into a file reports
 ENOSPC as an opaque "unexpected pos" RuntimeError).
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from runner.faults import DiskFull
+from runner.faults import human_bytes, space_for  # noqa: F401  human_bytes: callers read it here too
 
 FILENAME = "state.pt"
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class CheckpointError(Exception):
@@ -61,43 +56,6 @@ def _write_atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@contextlib.contextmanager
-def space_for(folder: Path, needed: int | Callable[[], int], at_least: bool = False) -> Iterator[None]:
-    """Turn a write under `folder` that runs out of space into DiskFull, saying it needed `needed` bytes (a callable
-    when only known at the failure, as for a stream; `at_least`: the figure is a lower bound).
-
-    The caller removes its partial file; this only names the fault, so that the runner can tell a full disk (give
-    the job back, rerun later) from a broken job."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in NO_SPACE or isinstance(exc, DiskFull):
-            raise
-        raise no_space(folder, needed() if callable(needed) else needed, at_least) from exc
-
-
-def no_space(folder: Path, needed: int, at_least: bool = False) -> DiskFull:
-    free = _free_bytes(folder)
-    shown = f"{'more than ' if at_least else ''}{human_bytes(needed)}"
-    fault = DiskFull(f"no space left in {folder} (needed {shown}, {human_bytes(free)} free); free space, then rerun")
-    fault.errno = errno.ENOSPC  # still an ENOSPC to code that checks errno; the message stays one plain line
-    return fault
-
-
-def _free_bytes(folder: Path) -> int:
-    for candidate in (folder, *folder.parents):  # the folder itself may not exist yet
-        with contextlib.suppress(OSError):
-            return shutil.disk_usage(candidate).free
-    return 0
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= size:
-            return f"{n / size:.0f} {unit}" if n >= 10 * size else f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 def _fsync_dir(folder: Path) -> None:
