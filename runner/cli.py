@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from runner.cluster import ClusterError, ClusterProfile, read_profile
+from runner.executors.cluster import ClusterError, ClusterProfile, read_profile
 from runner.store import JOB_STATUSES, Database, DatabaseError
 from runner.exit_codes import (  # noqa: F401  re-exported: older callers import the codes from here
     EXIT_BAD_INPUT,
@@ -26,7 +26,7 @@ from runner.exit_codes import (  # noqa: F401  re-exported: older callers import
     EXIT_STILL_RUNNING,
 )
 from runner.faults import DatabaseAway, DiskFull
-from runner.running_view import running_lines, running_rows
+from runner.executors.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
 
 COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve", "bench")

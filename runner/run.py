@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from runner import execute
-from runner.cluster import ClusterProfile
+from runner.executors import local, worker
+from runner.executors.cluster import ClusterProfile
 from runner.data import check_source
 from runner.store import FINISHED, Database
 from runner.exit_codes import (
@@ -24,8 +24,8 @@ from runner.exit_codes import (
     EXIT_STILL_RUNNING,
 )
 from runner.spec.identity import Job
-from runner.progress import Work, work
-from runner.running_view import running_lines, running_rows
+from runner.executors.work import Work, work
+from runner.executors.running_view import running_lines, running_rows
 from runner.spec import Spec
 
 @dataclass(frozen=True)
@@ -66,14 +66,14 @@ def run_spec(request: RunRequest, console: Console) -> int:
     console.print(done_line(request, keys, todo, added, db.url))
     if not todo and not request.spec.searched:
         return EXIT_OK
-    options = execute.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
+    options = worker.WorkerOptions(db_url=request.db_url, root=request.root, experiment_id=experiment_id,
                                     keys=tuple(keys), stale_after=request.stale_after, device=request.device,
                                     db_retry_seconds=request.db_retry_seconds,
                                     spec=request.spec if request.spec.searched else None)
     total = max(len(todo), study_size(request.spec))  # a study adds its jobs as it goes
     if request.cluster is not None:
         return on_slurm(request, options, db, total, console)
-    counts = execute.run_jobs(options, request.workers, total=total)
+    counts = local.run_jobs(options, request.workers, total=total)
     if (code := fault_exit(counts, console)) is not None:
         return code
     return summarise(db, experiment_id, request, counts, console)
@@ -141,7 +141,7 @@ def study_table(spec: Spec) -> Table:
     return table
 
 
-def on_slurm(request: RunRequest, options: execute.WorkerOptions, db: Database, todo: int, console: Console) -> int:
+def on_slurm(request: RunRequest, options: worker.WorkerOptions, db: Database, todo: int, console: Console) -> int:
     from runner.executors import slurm
 
     profile = replace(request.cluster, workers=min(request.cluster.workers, todo))  # no task without a job
@@ -179,7 +179,7 @@ def study_sources(spec: Spec) -> list:
 def requeue(db: Database, experiment_id: int, keys: list[str], request: RunRequest) -> None:
     if request.force:
         db.requeue(experiment_id, keys, ("done", "failed", "interrupted", "pruned"))
-        execute.forget_checkpoints(request.root, keys)
+        worker.forget_checkpoints(request.root, keys)
     elif request.retry_failed:
         db.requeue(experiment_id, keys, ("failed",))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner import cli
-from runner.cluster import ClusterError, read_profile
+from runner.executors.cluster import ClusterError, read_profile
 from runner.executors.slurm import sbatch_parameters
 from tests.test_e2e import TINY, write
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import cli, liveness
+from runner import cli
+from runner.executors import liveness
 from runner.store import Database
-from runner.execute import take_over_dead_here, worker_name
+from runner.executors.worker import take_over_dead_here, worker_name
 from tests.test_e2e import TINY, write
 
 CONFIG = {"model": {"family": "cnn", "group": "trivial"}, "seed": 0}

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from sqlalchemy import update
 
-from runner import execute
+from runner.executors import worker
 from runner.store import Database, JobModel
-from runner.display import PlainDisplay
+from runner.executors.display import PlainDisplay
 from runner.spec.identity import expand
 from runner.spec import read_spec
 from tests.test_db import db_url  # noqa: F401  the fixture; tests/test_db_postgres.py runs this test on PostgreSQL
@@ -60,12 +60,12 @@ def test_a_worker_that_lost_its_job_stops_training_it_and_writes_nothing(tmp_pat
     db = Database(db_url)
     experiment_id, _ = db.sync_experiment("owned", "classification", str(spec_path), SPEC,
                                           [(job.key, job.label, job.config.to_dict())])
-    options = execute.WorkerOptions(db_url=db.url, root=tmp_path, experiment_id=experiment_id, keys=(job.key,),
+    options = worker.WorkerOptions(db_url=db.url, root=tmp_path, experiment_id=experiment_id, keys=(job.key,),
                                     heartbeat_every=0.0)
-    name = execute.worker_name(0)
+    name = worker.worker_name(0)
     claimed = db.claim(experiment_id, [job.key], name)
     display = TakeoverDisplay(db, claimed.job_id)
-    status = execute.run_one(db, claimed, name, torch.device("cpu"), options, execute.StopFlag(), display)
+    status = worker.run_one(db, claimed, name, torch.device("cpu"), options, worker.StopFlag(), display)
     assert status == "lost"
     assert display.batches == 3  # the next heartbeat, right after the takeover, stopped it
     row = db.jobs(experiment_id)[0]

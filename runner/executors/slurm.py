@@ -2,7 +2,7 @@
 
 Submitting writes the sbatch script, pickled calls and logs under ROOT/slurm/ and returns at once (or follows the
 array with --wait). On Slurm's warning signal (USR2, `signal_delay_s` before the time limit or on preemption) a task
-checkpoints at the next batch, gives its job back and, while the experiment has work left (runner.progress: for a
+checkpoints at the next batch, gives its job back and, while the experiment has work left (runner.executors.work: for a
 study, also the trials and final jobs its planner will still add), requeues itself with `scontrol requeue`. Task
 output goes through `logging`, so every line of a task's log has its time. The requeue decision is ours, not
 submitit's: submitit counts a job that ran under 10 minutes as timed out, not preempted (its issue 1656), and would
@@ -24,11 +24,11 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
-from runner.cluster import ClusterError, ClusterProfile
+from runner.executors.cluster import ClusterError, ClusterProfile
 from runner.store import Database
-from runner.display import PlainDisplay, worker_log
-from runner.execute import StopFlag, WorkerOptions, run_worker
-from runner.progress import ENDED, Work, work
+from runner.executors.display import PlainDisplay, worker_log
+from runner.executors.worker import StopFlag, WorkerOptions, run_worker
+from runner.executors.work import ENDED, Work, work
 
 COMMANDS = ("sbatch", "srun", "squeue", "scontrol", "scancel")
 

@@ -2,7 +2,7 @@
 runner is known to be alive. Shared by `status` and by a run that ends with jobs still held by others."""
 from __future__ import annotations
 
-from runner import liveness
+from runner.executors import liveness
 from runner.store import Database, JobModel
 
 def running_rows(db: Database, experiment_id: int | None = None,
