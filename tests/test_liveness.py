@@ -12,8 +12,9 @@ import pytest
 
 from runner import cli
 from runner.executors import liveness
-from runner.store import Database
 from runner.executors.worker import take_over_dead_here, worker_name
+from runner.exit_codes import EXIT_STILL_RUNNING
+from runner.store import Database
 from tests.test_e2e import TINY, write
 
 CONFIG = {"model": {"family": "cnn", "group": "trivial"}, "seed": 0}
@@ -93,7 +94,7 @@ def test_a_run_ending_with_jobs_held_by_a_live_runner_exits_3_naming_them(tmp_pa
         db.claim(experiment_id, [job.key], "x:1::0")
         db.finish(db.jobs(experiment_id, [job.key])[0].job_id, "x:1::0", {}, [], {}, 1)
     capsys.readouterr()
-    assert cli.main([str(spec), "--root", str(root)]) == cli.EXIT_STILL_RUNNING == 3
+    assert cli.main([str(spec), "--root", str(root)]) == EXIT_STILL_RUNNING == 3
     out = capsys.readouterr().out
     assert held.label in out and "still running" in out and "alive (its process runs on this host)" in out
     assert cli.main(["status", "--root", str(root)]) == 0

@@ -16,15 +16,8 @@ from rich.table import Table
 
 from runner.executors.cluster import ClusterError, ClusterProfile, read_profile
 from runner.store import JOB_STATUSES, Database, DatabaseError
-from runner.exit_codes import (  # noqa: F401  re-exported: older callers import the codes from here
-    EXIT_BAD_INPUT,
-    EXIT_DATABASE_AWAY,
-    EXIT_DISK_FULL,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_STILL_RUNNING,
-)
+from runner.cli.options import db_url, default_root
+from runner.exit_codes import EXIT_BAD_INPUT, EXIT_DATABASE_AWAY, EXIT_DISK_FULL, EXIT_OK
 from runner.faults import DatabaseAway, DiskFull
 from runner.executors.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
@@ -33,14 +26,6 @@ COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "s
 # markup off: messages name spec tables such as [search] and [final], which rich would swallow as style tags.
 console = Console(highlight=False, soft_wrap=True, markup=False)
 errors = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("RUNNER_ROOT", "runs"))
-
-
-def db_url(args) -> str:
-    return args.db or f"sqlite:///{Path(args.root) / 'results.db'}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", parents=[common], help="one job: config, metrics, error")
     show.add_argument("job", help="job id or (a prefix of) its key")
     sub.add_parser("schema", help="print the spec's JSON Schema (for editors)")
-    from runner.inference.commands import add_parsers
+    from runner.cli.infer import add_parsers
 
     add_parsers(sub, common)
     bench = sub.add_parser("bench", help="performance ratios side by side, with targets (runner.bench)")
@@ -257,9 +242,9 @@ def cmd_schema(_args) -> int:
 
 
 def cmd_inference(args) -> int:
-    from runner.inference import commands
+    from runner.cli import infer
 
-    return commands.run(args, console, errors)
+    return infer.run(args, console, errors)
 
 
 def cmd_bench(args) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runner.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, db_url
+from runner.cli.options import db_url
+from runner.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 DEFAULT_PORT = 8000
 MAX_PIXELS_HELP = "refuse, from its header, an image declaring more pixels than this{} (default {:,}: 8192 x 8192)"
