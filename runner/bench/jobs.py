@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -23,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
 import equiv
 from runner.bench.models import torch_threads
 from runner.data import iterate_batches, load_splits
-from runner.spec.identity import expand
 from runner.spec import read_spec
+from runner.spec.identity import expand
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,19 @@ def evaluate(model, split, indices: np.ndarray) -> np.ndarray:
 
 
 def runner_job(spec: Path, root: Path) -> tuple[float, float]:
-    """The same job through `python -m runner` in this process: (CPU, wall) seconds."""
-    from runner import cli
+    """The same job through `python -m runner SPEC --force` in this process: (CPU, wall) seconds.
+
+    It takes the command's own path below argument parsing (runner.run.run_spec with the request `run` builds), so
+    the benchmark needs nothing from the CLI."""
+    from runner.run import RunRequest, run_spec
 
     started, wall = time.process_time(), time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        code = cli.main(["run", str(spec), "--root", str(root), "--force"])
+        parsed = read_spec(spec)
+        os.environ.setdefault("EQUIV_CACHE_DIR", str(root / "cache" / "equiv"))  # as `run` sets it
+        request = RunRequest(spec=parsed, jobs=tuple(expand(parsed)), root=root,
+                             db_url=f"sqlite:///{root / 'results.db'}", force=True)
+        code = run_spec(request, Console(highlight=False, soft_wrap=True, markup=False))
     if code != 0:
         raise RuntimeError(f"the benchmark's runner job exited with {code}; run {spec} by hand to see why")
     return time.process_time() - started, time.perf_counter() - wall
