@@ -1,7 +1,9 @@
 """Model selection on validation and the comparison table: numeric frame, then markdown, CSV and LaTeX text.
 
 Selection: for each (family, group, augment.geometric[, data.fraction]) the hyperparameter set (config minus
-seed) with the best mean validation metric over its seeds; its test metrics are reported as mean ± std over seeds.
+seed) with the best mean validation metric over its seeds, by the rule a study's final stage and `export --best`
+use too (runner.selection: ties go to the set whose earliest job has the smallest job id); its test metrics are
+reported as mean ± std over seeds.
 The table shows the full-data rows (largest data.fraction); the other fractions feed the data-efficiency figure.
 """
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from runner.selection import Best, Result, best
 from runner.spec.config import FAMILIES, GEOMETRIC_AUGMENTS
+from runner.spec.search import METRIC_DIRECTIONS
 
 VALIDATION_METRIC = {"classification": "valid_auc", "segmentation": "valid_dice"}
 HEADLINE_METRIC = {"classification": "test_auc", "segmentation": "test_dice"}
@@ -88,18 +92,23 @@ def select_models(jobs: pd.DataFrame, task: str) -> pd.DataFrame:
     done = done_jobs(jobs, task)
     if done.empty:
         return pd.DataFrame()
-    keys, metric = row_keys(done), VALIDATION_METRIC[task]
-    configs = done.groupby("config_key", sort=False).agg(valid=(metric, "mean"), **{
-        k.replace(".", "__"): (k, "first") for k in keys})
-    configs = configs.rename(columns=lambda c: c.replace("__", ".")).reset_index()
-    best = (configs.sort_values(["valid", "config_key"], ascending=[False, True], kind="mergesort")
-            .drop_duplicates(keys)["config_key"])
-    chosen = done[done["config_key"].isin(set(best))]
+    keys = row_keys(done)
+    winners = [best_config(model, task) for _, model in done.groupby(keys, sort=False, dropna=False)]
+    chosen = done[done["config_key"].isin({w.config for w in winners if w is not None})]
     table = _aggregate(chosen, task, keys)
     table["hyperparameters"] = _describe(chosen, swept_hyperparameters(done)).reindex(table["config_key"]).values
     table["name"] = [display_name(f, g, a) for f, g, a in zip(table["family"], table["group"],
                                                               table["augment.geometric"])]
     return table.sort_values(keys, key=_order_key, kind="mergesort").reset_index(drop=True)
+
+
+def best_config(jobs: pd.DataFrame, task: str) -> Best | None:
+    """The shared rule (runner.selection) over `jobs`' finished rows: the config_key with the best mean validation
+    metric, ties to the earliest job. None when no row is done with the metric."""
+    done = done_jobs(jobs, task)
+    metric = VALIDATION_METRIC[task]
+    results = [Result(c, int(j), float(v)) for c, j, v in zip(done["config_key"], done["job_id"], done[metric])]
+    return best(results, METRIC_DIRECTIONS[metric])
 
 
 def display_name(family: str, group: str, geometric: str) -> str:
@@ -144,8 +153,8 @@ def _value(value: Any, number: str = "{:g}") -> str:
 def comparison_table(selected: pd.DataFrame, task: str) -> pd.DataFrame:
     """The numeric table (what the CSV holds): full-data rows plus `delta_<headline>` vs the best plain model.
 
-    The best plain model is the plain-family row (cnn/unet) with the best mean validation metric; without
-    one the delta is NaN.
+    The best plain model is the plain-family row (cnn/unet) with the best mean validation metric (ties as in
+    selection: to the earliest job); without one the delta is NaN.
     """
     if selected.empty:
         return selected
@@ -153,14 +162,25 @@ def comparison_table(selected: pd.DataFrame, task: str) -> pd.DataFrame:
     if FRACTION in table.columns:
         table = table[table[FRACTION] == table[FRACTION].max()]
     headline, valid = f"{HEADLINE_METRIC[task]}_mean", f"{VALIDATION_METRIC[task]}_mean"
-    plain = table[table["family"].isin(PLAIN_FAMILIES)].sort_values(valid, ascending=False, kind="mergesort")
-    reference = plain[headline].iloc[0] if not plain.empty else math.nan
+    reference = _plain_reference(table, task)
     columns = ["name", *row_keys(table), "hyperparameters", "n_seeds", "params", valid]
     for metric in TEST_METRICS[task]:
         columns += [f"{metric}_mean", f"{metric}_std"]
     table = table.assign(**{f"delta_{HEADLINE_METRIC[task]}": table[headline] - reference})
     columns += [f"delta_{HEADLINE_METRIC[task]}", *ERROR_METRICS[task], *COST_METRICS, "job_ids"]
     return table[columns].reset_index(drop=True)
+
+
+def _plain_reference(table: pd.DataFrame, task: str) -> float:
+    """The headline mean of the best plain-family row by the shared rule, NaN without one. Each row is one
+    configuration: its mean validation metric is its value and its earliest job breaks a tie."""
+    plain = table[table["family"].isin(PLAIN_FAMILIES)]
+    valid = f"{VALIDATION_METRIC[task]}_mean"
+    results = [Result(c, min(ids), v) for c, ids, v in zip(plain["config_key"], plain["job_ids"], plain[valid])]
+    chosen = best(results, METRIC_DIRECTIONS[VALIDATION_METRIC[task]])
+    if chosen is None:
+        return math.nan
+    return float(plain.loc[plain["config_key"] == chosen.config, f"{HEADLINE_METRIC[task]}_mean"].iloc[0])
 
 
 def format_table(table: pd.DataFrame, task: str) -> pd.DataFrame:

@@ -122,6 +122,25 @@ def test_delta_is_missing_without_a_plain_model():
     assert table["n_seeds"].tolist() == [1, 1] and table["test_auc_std"].isna().all()
 
 
+def test_a_tie_goes_to_the_configuration_whose_first_job_came_first():
+    """lr=0.01 (jobs 1, 2) and lr=0.001 (jobs 3, 4) tie at 0.8125; the old tie-break, the smallest config_key
+    ('cnn-trivial-0.001'), took lr=0.001."""
+    jobs = _jobs([("cnn", "trivial", 1e-2, 0, 0.75, 0.70), ("cnn", "trivial", 1e-2, 1, 0.875, 0.72),
+                  ("cnn", "trivial", 1e-3, 0, 0.8125, 0.90), ("cnn", "trivial", 1e-3, 1, 0.8125, 0.92)])
+    selected = select_models(jobs, "classification")
+    assert selected["hyperparameters"].tolist() == ["lr=0.01"] and selected["job_ids"].tolist() == [(1, 2)]
+
+
+def test_tied_plain_models_give_the_reference_whose_first_job_came_first():
+    """Two plain rows tie on validation; the old reference was the first in display order (no augmentation)."""
+    jobs = _jobs([("cnn", "trivial", 1e-2, 0, 0.75, 0.60), ("cnn", "trivial", 1e-2, 1, 0.875, 0.62),
+                  ("cnn", "trivial", 1e-3, 0, 0.8125, 0.70), ("cnn", "trivial", 1e-3, 1, 0.8125, 0.70)])
+    jobs.loc[jobs["train.lr"] == 1e-2, "augment.geometric"] = "d4"
+    table = comparison_table(select_models(jobs, "classification"), "classification")
+    assert table["name"].tolist() == ["cnn", "cnn +d4"]
+    assert table["delta_test_auc"].tolist() == pytest.approx([0.09, 0.0])  # against cnn +d4 (jobs 1, 2)
+
+
 @given(st.lists(st.floats(0.5, 1.0), min_size=8, max_size=8))
 def test_selected_config_has_the_best_mean_validation(values):
     configs = [(f, g, lr) for f, g in (("cnn", "trivial"), ("gcnn", "C4")) for lr in (1e-3, 1e-2)]

@@ -117,6 +117,10 @@ def test_final_selection_by_mean_over_seeds_and_ties():
     assert select(jobs, "minimize").config == x  # mean of the seeds' best values: (0.80 + 0.90) / 2
     tied = [job(5, "done", {1: 0.5}, config=y), job(6, "done", {1: 0.5}, config=x)]
     assert select(tied, "maximize").key == "k5"
+    # (0.8 + 0.9) / 2 rounds above (0.85 + 0.85) / 2: the same mean, so still a tie, to the earliest job
+    rounded = [job(8, "done", {1: 0.85}, config=y), job(9, "done", {1: 0.85}, config={**y, "seed": 1}),
+               job(10, "done", {1: 0.80}, config=x), job(11, "done", {1: 0.90}, config={**x, "seed": 1})]
+    assert select(rounded, "maximize").key == "k8" and select(rounded, "minimize").key == "k8"
     assert select([job(7, "pruned", {1: 0.9}, config=x)], "maximize") is None
 
 

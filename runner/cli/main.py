@@ -1,7 +1,7 @@
 """Sub-commands and exit codes. `python -m runner SPEC [key=value ...]` runs a spec; the rest inspect results.
 
 Exit codes (runner/exit_codes.py): 0 done, 1 some job failed, 2 bad input (spec, data, database), 3 jobs remain
-with live runners, 130 interrupted (rerun to resume).
+with live runners, 4 the database stayed away, 5 a disk is full, 130 interrupted (rerun to resume).
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 The report picks, per (family, group, augmentation, data fraction), the hyperparameters with the best mean
 validation metric over seeds. Here the full-data rows are narrowed by --family/--group, the row with the best mean
-validation metric wins, and of its seeds the job with the best validation metric is the network exported.
+validation metric wins (by the same rule, runner.selection: a tie goes to the row whose earliest job came first),
+and of its seeds the job with the best validation metric (ties: the earliest) is the network exported.
 Where the database holds final-evaluation jobs (role `final`), only those are considered.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reports.tables import FRACTION, VALIDATION_METRIC, select_models
+from reports.tables import FRACTION, VALIDATION_METRIC, best_config, select_models
 
 
 class SelectionError(ValueError):
@@ -37,7 +38,7 @@ def best_job_id(jobs: pd.DataFrame, task: str, family: str | None = None, group:
         raise SelectionError(f"no selected model with family={family or 'any'} group={group or 'any'}; "
                              f"available (family/group): {available}")
     metric = VALIDATION_METRIC[task]
-    row = narrowed.sort_values(f"{metric}_mean", ascending=False, kind="mergesort").iloc[0]
-    seeds = jobs[jobs["job_id"].isin(row["job_ids"])].sort_values([metric, "job_id"], ascending=[False, True],
+    winner = best_config(jobs[jobs["config_key"].isin(set(narrowed["config_key"]))], task)
+    seeds = jobs[jobs["job_id"].isin(winner.job_ids)].sort_values([metric, "job_id"], ascending=[False, True],
                                                                    kind="mergesort")
     return int(seeds["job_id"].iloc[0])

@@ -1,9 +1,9 @@
 """The final stage: each model's best searched configuration, re-run with the final seeds.
 
 A "model" is what [final].per names (default family, group, augment.geometric). Its best configuration is the one
-with the best mean over seeds of each done job's best validation value; ties go to the configuration whose first
-job came first. A final job whose resolved config equals a search job's is that job (same key): nothing is trained
-twice.
+with the best mean over seeds of each done job's best validation value, by the rule the report and `export --best`
+use too (runner.selection: ties go to the configuration whose first job came first). A final job whose resolved
+config equals a search job's is that job (same key): nothing is trained twice.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from runner.spec.identity import config_from_dict, job_key
 from runner.search.history import JobHistory
 from runner.search.streams import Job
+from runner.selection import Result, best
 from runner.spec.search import FinalSpec
 from runner.spec import Spec
 
@@ -46,17 +47,15 @@ def config_id(config: dict[str, Any]) -> str:
 
 
 def select(jobs: list[JobHistory], direction: str) -> Choice | None:
-    groups: dict[str, list[JobHistory]] = {}
-    for job in sorted(jobs, key=lambda j: j.job_id):
-        if job.status == "done" and job.best(direction) is not None:
-            groups.setdefault(config_id(job.config), []).append(job)
-    if not groups:
+    """The model's best configuration by the shared rule (runner.selection): each done job's best value over its
+    epochs, averaged over the configuration's seeds; a tie goes to the configuration with the earliest job."""
+    counted = {job.job_id: job for job in jobs if job.status == "done" and job.best(direction) is not None}
+    chosen = best([Result(config_id(job.config), job.job_id, job.best(direction)) for job in counted.values()],
+                  direction)
+    if chosen is None:
         return None
-    means = {cid: sum(j.best(direction) for j in group) / len(group) for cid, group in groups.items()}
-    sign = -1.0 if direction == "maximize" else 1.0
-    best = min(groups, key=lambda cid: (sign * means[cid], groups[cid][0].job_id))
-    first = groups[best][0]
-    return Choice(config=first.config, key=first.key, value=means[best], candidates=len(groups))
+    first = counted[chosen.job_ids[0]]
+    return Choice(config=first.config, key=first.key, value=chosen.value, candidates=chosen.candidates)
 
 
 def final_jobs(spec: Spec, final: FinalSpec, config: dict[str, Any]) -> tuple[Job, ...]:

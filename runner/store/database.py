@@ -102,7 +102,7 @@ class Database:
                 raise
             raise DatabaseAway(
                 f"the database {server_name(self.url)} stayed unreachable for {self.retry_seconds:.0f} s "
-                f"({exc.__cause__ or exc}); no job was failed for it: once it is back, rerun the same command "
+                f"({_reason(exc)}); no job was failed for it: once it is back, rerun the same command "
                 "(--db-retry-seconds sets how long to wait)") from None
         if self._away_since is not None:
             log.warning("database %s is back after %.0f s", server_name(self.url), time.monotonic() - self._away_since)
@@ -112,9 +112,8 @@ class Database:
     def _outage(self, state) -> None:
         if self._away_since is None:
             self._away_since = time.monotonic()
-            cause = state.outcome.exception()
             log.warning("database %s unreachable (%s); retrying for up to %.0f s", server_name(self.url),
-                        str(cause.__cause__ or cause).strip().splitlines()[0], self.retry_seconds)
+                        _reason(state.outcome.exception()), self.retry_seconds)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -452,6 +451,14 @@ class Database:
             final = list(s.scalars(select(FinalMetricModel).where(FinalMetricModel.job_id == job_id)
                                    .order_by(FinalMetricModel.name)))
         return epochs, final
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own words, first line only (SQLAlchemy's wrapper repeats the class and adds a help link)."""
+    while exc.__cause__ is not None and not isinstance(exc, DBAPIError):
+        exc = exc.__cause__
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _held_by(job_id: int, worker: str) -> tuple:
