@@ -14,7 +14,7 @@ from torch import nn
 from equiv import checks
 from equiv.export import export_eval
 from equiv.groups import Group, GroupError, parse_group
-from equiv.hparams import MATCH_MODES, POOLS, rules_for, problems as bad_hparams
+from equiv.hparams import MATCH_MODES, PLAIN_FAMILIES, POOLS, rules_for, problems as bad_hparams
 
 __all__ = [
     "FAMILIES", "HPARAMS", "Group", "checks", "GroupError", "ModelConfigError", "build_model", "count_params", "export_eval",
@@ -48,7 +48,7 @@ def build_model(family: str, group: str, in_channels: int, num_outputs: int, **h
     # A bad max_frequency is reported with the other hparams below, not as a group error.
     valid_frequency = rules_for(family)["max_frequency"].admits(max_frequency)
     parsed = parse_group(group, max_frequency) if valid_frequency else parse_group(group)
-    if family in ("cnn", "unet") and parsed.kind != "trivial":
+    if family in PLAIN_FAMILIES and parsed.kind != "trivial":
         raise ModelConfigError(f"family {family!r} has no symmetry: group must be 'trivial', got {group!r}; "
                                f"use family {'g' + family!r} for {group!r}")
     if family in ("unet", "gunet"):

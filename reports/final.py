@@ -32,10 +32,6 @@ from reports.tables import (
 _METRIC_WORD = {"test_auc": "AUC", "test_dice": "Dice"}
 
 
-def has_final(jobs: pd.DataFrame) -> bool:
-    return "role" in jobs.columns and (jobs["role"] == "final").any()
-
-
 def final_table(jobs: pd.DataFrame, trials: pd.DataFrame, task: str, fields: list[str]) -> pd.DataFrame:
     """One row per final model (numeric; what the CSV holds). `fields`: the searched config keys to describe.
 

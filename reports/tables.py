@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from equiv.hparams import PLAIN_FAMILIES
 from runner.selection import Best, Result, best
 from runner.spec.config import FAMILIES, GEOMETRIC_AUGMENTS
 from runner.spec.search import METRIC_DIRECTIONS
@@ -28,7 +29,6 @@ TEST_METRICS = {"classification": ("test_accuracy", "test_auc", "test_nll", "tes
 ERROR_METRICS = {"classification": ("invariance_error", "grid_error", "offgrid_error", "rot45_error"),
                  "segmentation": ("equivariance_error", "grid_error")}
 COST_METRICS = ("train_seconds", "train_images_per_s", "eval_images_per_s")
-PLAIN_FAMILIES = ("cnn", "unet")
 ROW_KEYS = ("family", "group", "augment.geometric")
 FRACTION = "data.fraction"
 GROUP_ORDER = ("trivial", "flip", "C4", "D4", "C8", "D8", "SO2", "O2")

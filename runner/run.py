@@ -11,10 +11,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from runner.data import check_source
 from runner.executors import local, worker
 from runner.executors.cluster import ClusterProfile
-from runner.data import check_source
-from runner.store import FINISHED, Database
+from runner.executors.liveness import STALE_AFTER_SECONDS
+from runner.executors.running_view import running_lines, running_rows
+from runner.executors.work import Work, work
 from runner.exit_codes import (
     EXIT_DATABASE_AWAY,
     EXIT_DISK_FULL,
@@ -23,10 +25,10 @@ from runner.exit_codes import (
     EXIT_OK,
     EXIT_STILL_RUNNING,
 )
-from runner.spec.identity import Job
-from runner.executors.work import Work, work
-from runner.executors.running_view import running_lines, running_rows
 from runner.spec import Spec
+from runner.spec.identity import Job
+from runner.store import FINISHED, Database
+
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -37,7 +39,7 @@ class RunRequest:
     workers: int = 1
     retry_failed: bool = False
     force: bool = False
-    stale_after: float = 300.0
+    stale_after: float = STALE_AFTER_SECONDS
     db_retry_seconds: float = 600.0  # a database outage shorter than this is waited out; longer stops with exit 4
     dry_run: bool = False
     device: str = "auto"
@@ -170,8 +172,8 @@ def study_sources(spec: Spec) -> list:
     """The data of each search stream (searched data keys at the spec's values; their bounds are checked already)."""
     if not spec.searched:
         return []
-    from runner.spec.identity import config_from_dict
     from runner.search.streams import streams
+    from runner.spec.identity import config_from_dict
 
     return [config_from_dict(s.config).data for s in streams(spec)]
 

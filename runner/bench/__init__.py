@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_OUT = Path("runs/bench/latest.json")
 # (measure, target as text, predicate on the value)
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "vs_recipe": (">= 1.00x", lambda v: v >= 1.0),

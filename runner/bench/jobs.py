@@ -31,6 +31,7 @@ from runner.bench.models import torch_threads
 from runner.data import iterate_batches, load_splits
 from runner.spec import read_spec
 from runner.spec.identity import expand
+from runner.training.loop import PIXEL_MAX, normalise
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def bare_job(spec: Path, data_dir: Path) -> tuple[float, float]:
         model.train()
         for x, y in iterate_batches(splits.train, config.train.batch_size, shuffle=True, seed=config.seed,
                                     epoch=epoch, start_batch=0):
-            loss = F.cross_entropy(model((x.float() / 255 - 0.5) / 0.25), y)
+            loss = F.cross_entropy(model(normalise(x.float() / PIXEL_MAX)), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -95,7 +96,7 @@ def bare_job(spec: Path, data_dir: Path) -> tuple[float, float]:
 def evaluate(model, split, indices: np.ndarray) -> np.ndarray:
     model.eval()
     x, _ = split.get_batch(indices)
-    return model((x.float() / 255 - 0.5) / 0.25).softmax(1)[:, 1].numpy()
+    return model(normalise(x.float() / PIXEL_MAX)).softmax(1)[:, 1].numpy()
 
 
 def runner_job(spec: Path, root: Path) -> tuple[float, float]:

@@ -24,6 +24,7 @@ def pixel_count(text: str) -> int:
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     from runner.inference.images import DEFAULT_MAX_PIXELS
+    from runner.inference.predict import TTA_MODES
 
     export = sub.add_parser("export", parents=[common], help="a trained job as model.pt2 + model.onnx + model.json")
     export.add_argument("--job", default=None, help="job id or (a prefix of) its key")
@@ -37,7 +38,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     predict.add_argument("inputs", nargs="+", help="PNG/JPEG/TIFF files, folders, PCam _x.h5(.gz), .npz; or a slide")
     predict.add_argument("--out", default=None,
                          help="CSV to write (default predictions.csv); with --wsi a folder (default <slide>_heatmap)")
-    predict.add_argument("--tta", choices=("none", "d4"), default="none",
+    predict.add_argument("--tta", choices=TTA_MODES, default="none",
                          help="d4: average over the eight rot90/flips (skipped when the model is already invariant)")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--backend", choices=("onnx", "pt2"), default="onnx", help="runtime (default onnx)")
@@ -65,8 +66,8 @@ def run(args, console, errors) -> int:
 
 
 def cmd_export(args, console, errors) -> int:
-    from runner.training.checkpoint import CheckpointError
     from runner.inference.export import ExportError, ExportRequest, VerificationError, export
+    from runner.training.checkpoint import CheckpointError
 
     problem = _export_arguments(args)
     if problem:

@@ -14,13 +14,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from runner.executors.cluster import ClusterError, ClusterProfile, read_profile
-from runner.store import JOB_STATUSES, Database, DatabaseError
 from runner.cli.options import db_url, default_root
+from runner.executors.cluster import ClusterError, ClusterProfile, read_profile
+from runner.executors.liveness import STALE_AFTER_SECONDS
+from runner.executors.running_view import running_lines, running_rows
 from runner.exit_codes import EXIT_BAD_INPUT, EXIT_DATABASE_AWAY, EXIT_DISK_FULL, EXIT_OK
 from runner.faults import DatabaseAway, DiskFull
-from runner.executors.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
+from runner.store import JOB_STATUSES, Database, DatabaseError
+from runner.training import DEVICES
 
 COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve", "bench")
 # markup off: messages name spec tables such as [search] and [final], which rich would swallow as style tags.
@@ -42,13 +44,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the job table and write nothing")
     run.add_argument("--workers", type=int, default=None,
                      help="jobs run in parallel (one per GPU where there are several); with Slurm: array size")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+    run.add_argument("--device", choices=DEVICES, default="auto",
                      help="where jobs train (default auto: CUDA, then MPS, then CPU); not part of a job's identity")
     run.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     run.add_argument("--force", action="store_true", help="run every job again from scratch")
-    run.add_argument("--stale-after", type=float, default=300.0,
+    run.add_argument("--stale-after", type=float, default=STALE_AFTER_SECONDS,
                      help="seconds without a heartbeat after which a job running on another host is taken over "
-                          "(default 300); a dead runner on this host loses its job at once")
+                          f"(default {STALE_AFTER_SECONDS:g}); a dead runner on this host loses its job at once")
     run.add_argument("--db-retry-seconds", type=float, default=float(os.environ.get("RUNNER_DB_RETRY_SECONDS", 600)),
                      help="how long a database outage (server restart, dropped connection, lock) is waited out, with "
                           "backoff, before the runner stops with exit 4 (env RUNNER_DB_RETRY_SECONDS; default 600)")
@@ -57,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--experiment", default=None)
     report.add_argument("--out", default=None, help="output folder (default: ROOT/report)")
     status = sub.add_parser("status", parents=[common], help="jobs by status per experiment; who runs what")
-    status.add_argument("--stale-after", type=float, default=300.0,
+    status.add_argument("--stale-after", type=float, default=STALE_AFTER_SECONDS,
                         help="seconds without a heartbeat after which a runner on another host is presumed dead")
     show = sub.add_parser("show", parents=[common], help="one job: config, metrics, error")
     show.add_argument("job", help="job id or (a prefix of) its key")
@@ -122,10 +124,10 @@ def cmd_run(args) -> int:
     # escnn's solver cache lives with the rest of the run state, so deleting the root resets everything.
     os.environ.setdefault("EQUIV_CACHE_DIR", str(Path(args.root) / "cache" / "equiv"))
     from runner.data import DataError
-    from runner.training.device import pick_device
     from runner.executors.slurm import SubmitError
-    from runner.spec.identity import expand
     from runner.run import RunRequest, run_spec
+    from runner.spec.identity import expand
+    from runner.training.device import pick_device
 
     try:
         pick_device(0, args.device)  # an impossible --device is bad input, found before anything is written

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.spec.config import SOURCES, TASKS, DataSpec
 from runner.data import arrays, pcam, synthetic
 from runner.data.batches import Split, Splits, iterate_batches
 from runner.data.errors import DataError
 from runner.data.figure import sample_figure
+from runner.spec.config import SOURCES, TASKS, DataSpec
 
 __all__ = ["DataError", "Split", "Splits", "check_source", "iterate_batches", "load_splits", "sample_figure"]
 

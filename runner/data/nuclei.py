@@ -14,7 +14,6 @@ import torch
 from skimage.color import rgb_from_hed
 
 LYMPHOCYTE, FIBROBLAST, EPITHELIAL, TUMOUR = range(4)
-KIND_NAMES = ("lymphocyte", "fibroblast", "epithelial", "tumour")
 
 # Per kind: mean radius range (px), aspect range, boundary irregularity, hematoxylin density range,
 # chromatin texture, chance of nucleoli, rim (vesicular membrane) darkening. Ranges overlap on purpose.

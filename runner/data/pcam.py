@@ -17,12 +17,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from runner.faults import space_for
 from runner.data.batches import ArraySplit, H5Split, Split, Splits, read_rows
 from runner.data.errors import DataError
+from runner.faults import space_for
 
 SPLITS = ("train", "valid", "test")
-PUBLISHED_SIZES = {"train": 262_144, "valid": 32_768, "test": 32_768}
 DOWNLOAD_HINT = ("download PatchCamelyon from https://github.com/basveeling/pcam (Zenodo record 2546921) "
                  "into data.root, or use data.source = \"synthetic\"")
 

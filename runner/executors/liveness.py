@@ -11,6 +11,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+STALE_AFTER_SECONDS = 300.0  # without a heartbeat, a runner on another host is presumed dead after this long
+
 
 @dataclass(frozen=True)
 class WorkerId:

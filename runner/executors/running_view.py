@@ -5,8 +5,9 @@ from __future__ import annotations
 from runner.executors import liveness
 from runner.store import Database, JobModel
 
+
 def running_rows(db: Database, experiment_id: int | None = None,
-                 stale_after: float = 300.0) -> list[tuple[str, ...]]:
+                 stale_after: float = liveness.STALE_AFTER_SECONDS) -> list[tuple[str, ...]]:
     now = db.now()
     return [_row(name, job, now, stale_after) for name, job in db.running(experiment_id)]
 

@@ -25,10 +25,10 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from runner.executors.cluster import ClusterError, ClusterProfile
-from runner.store import Database
 from runner.executors.display import PlainDisplay, worker_log
-from runner.executors.worker import StopFlag, WorkerOptions, run_worker
 from runner.executors.work import ENDED, Work, work
+from runner.executors.worker import StopFlag, WorkerOptions, run_worker
+from runner.store import Database
 
 COMMANDS = ("sbatch", "srun", "squeue", "scontrol", "scancel")
 

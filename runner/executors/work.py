@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from runner.store import Database, JobModel
 from runner.spec import Spec
+from runner.store import Database, JobModel
 
 CLAIMABLE = ("queued", "interrupted")
 ENDED = ("done", "pruned")  # a pruned trial is as final as a done one; a failed one waits for --retry-failed

@@ -38,7 +38,7 @@ class WorkerOptions:
     root: Path
     experiment_id: int
     keys: tuple[str, ...]
-    stale_after: float = 300.0  # seconds without a heartbeat before a running job counts as abandoned
+    stale_after: float = liveness.STALE_AFTER_SECONDS  # without a heartbeat this long, a running job is abandoned
     heartbeat_every: float = 20.0
     worker_index: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps

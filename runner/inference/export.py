@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.training import checkpoint
-from runner.spec.config import JobConfig
-from runner.store import Database, JobModel
-from runner.spec.identity import config_from_dict
 from runner.inference import artifact
 from runner.inference.selection import SelectionError, best_job_id
+from runner.spec.config import JobConfig
+from runner.spec.identity import config_from_dict
+from runner.store import Database, JobModel
+from runner.training import checkpoint
 
 AGREEMENT_TOLERANCE = 1e-5  # relative output difference allowed between the exported copies and the trained model
 SYMMETRY_TOLERANCE = 1e-4  # relative change under a group element that still counts as exact symmetry
@@ -143,12 +143,12 @@ def input_size(config: JobConfig) -> int:
 def verification_inputs(config: JobConfig, root: Path) -> torch.Tensor:
     """Normalised held-out test patches; tissue-like noise of the right size when the data is not at hand."""
     from runner.data import DataError, load_splits
-    from runner.training.loop import normalise
+    from runner.training.loop import PIXEL_MAX, normalise
 
     try:
         split = load_splits(config.task, config.data, root / "data").test
         x, _ = split.get_batch(np.arange(min(VERIFY_PATCHES, len(split))))
-        return normalise(x.float() / 255.0)
+        return normalise(x.float() / PIXEL_MAX)
     except DataError:
         from equiv.checks import smooth_images
 
@@ -230,6 +230,7 @@ def symmetry_of(module: torch.nn.Module, config: JobConfig, x: torch.Tensor) -> 
 
 def describe_job(request: ExportRequest, job: JobModel, config: JobConfig) -> dict[str, Any]:
     """What a user of the artifact needs besides the measurements: input, scale, classes, where it came from."""
+    from runner.training.loop import INPUT_MEAN, INPUT_STD, PIXEL_MAX
     from runner.training.provenance import git_state
 
     db = Database(request.db_url, create=False)
@@ -246,7 +247,8 @@ def describe_job(request: ExportRequest, job: JobModel, config: JobConfig) -> di
         "input": {"size": [size, size], "channels": 3, "colour": "RGB", "dtype": "uint8",
                   "layout": "the runtime takes float32 NCHW after normalisation"},
         "microns_per_pixel": mpp, "microns_per_pixel_note": mpp_note,
-        "normalisation": {"scale": 1 / 255, "mean": 0.5, "std": 0.25, "formula": "(x / 255 - 0.5) / 0.25"},
+        "normalisation": {"scale": 1 / PIXEL_MAX, "mean": INPUT_MEAN, "std": INPUT_STD,
+                          "formula": f"(x / {PIXEL_MAX:g} - {INPUT_MEAN:g}) / {INPUT_STD:g}"},
         "family": config.model.family, "group": config.model.group,
         "job": {"id": job.job_id, "key": job.key, "label": job.label, "experiment": config.experiment,
                 "seed": config.seed},

@@ -11,12 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runner.spec.identity import config_from_dict, job_key
 from runner.search.history import JobHistory
 from runner.search.streams import Job
 from runner.selection import Result, best
-from runner.spec.search import FinalSpec
 from runner.spec import Spec
+from runner.spec.identity import config_from_dict, job_key
+from runner.spec.search import FinalSpec
 
 
 @dataclass(frozen=True)

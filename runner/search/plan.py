@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from runner.store import FINISHED, Database, NewTrial
-from runner.spec.identity import expand
 from runner.search.final import final_jobs, model_name, model_of, select
 from runner.search.history import History, JobHistory
 from runner.search.prune import decide
 from runner.search.sampler import ask
 from runner.search.streams import Stream, streams, trial_jobs
 from runner.spec import Spec
+from runner.spec.identity import expand
 from runner.spec.search import DEFAULT_METRIC
+from runner.store import FINISHED, Database, NewTrial
 
 ATTEMPTS = 8  # re-plans after losing a race with another runner for the same trial number
 

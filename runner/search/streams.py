@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from runner.spec import Spec
+from runner.spec.fields import field_types
 from runner.spec.identity import block_points, build_config, job_key, make_label
 from runner.spec.search import SearchSpec
-from runner.spec.fields import field_types
-from runner.spec import Spec
 
 Job = tuple[str, str, dict[str, Any]]  # (key, label, config) as the database stores it
 

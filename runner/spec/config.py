@@ -17,8 +17,6 @@ GEOMETRIC_AUGMENTS = ("none", "flip", "rot90", "d4", "rotate")
 CLASSIFIER_FAMILIES = ("cnn", "gcnn")
 SEGMENTER_FAMILIES = ("unet", "gunet")
 FAMILIES = CLASSIFIER_FAMILIES + SEGMENTER_FAMILIES
-MATCH_MODES = ("params", "channels")
-POOLS = ("blur", "average")
 
 
 @dataclass(frozen=True)

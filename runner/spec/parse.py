@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from equiv.groups import GroupError, VALID_FORMS, parse_group
+from equiv.groups import VALID_FORMS, GroupError, parse_group
+from equiv.hparams import PLAIN_FAMILIES
 from runner.spec import config as C
 from runner.spec.fields import (
     BLOCK_OVERRIDABLE,
@@ -257,7 +258,7 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
         except GroupError:
             problems.append((f"{where}.group", f"unknown group {group!r}; valid forms: {VALID_FORMS}"))
             continue
-        plain = [f for f in families if f in ("cnn", "unet")]
+        plain = [f for f in families if f in PLAIN_FAMILIES]
         if group != "trivial" and plain:
             problems.append((f"{where}.group", f"family {plain[0]!r} is a plain CNN: its group must be 'trivial' "
                              f"(got {group!r}); use family 'gcnn'/'gunet' for {group}"))

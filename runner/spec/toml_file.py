@@ -1,4 +1,4 @@
-"""Reading a TOML file (a spec, a cluster profile): its text and tables, or one error saying what is wrong with the file."""
+"""Reading a TOML file (a spec, a cluster profile): its text and tables, or one error saying what is wrong with it."""
 from __future__ import annotations
 
 import codecs

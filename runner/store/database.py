@@ -63,6 +63,7 @@ from runner.store.tables import (
 
 log = logging.getLogger("runner.store")
 
+
 def transaction(method: Callable) -> Callable:
     """A public method of Database: one transaction, run again after a transient error for up to `retry_seconds`."""
 

@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 
 from runner.store.errors import DatabaseError, bad_url, is_bad_url
 
+
 def make_engine(url: str, create: bool = True):
     """An engine for `url`; SQLite gets WAL (readers never block the writer) and a busy timeout."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":

@@ -9,6 +9,7 @@ from sqlalchemy.exc import DBAPIError
 
 from runner.store.tables import BaseModel
 
+
 def _add_missing_columns(engine, table: str, columns: dict[str, str]) -> None:
     for name, sql_type in columns.items():
         if name in {c["name"] for c in inspect(engine).get_columns(table)}:

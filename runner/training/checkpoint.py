@@ -5,9 +5,9 @@ any point leaves either the old or the new checkpoint whole, never half of one. 
 `torch.load(weights_only=True)`, which cannot run code hidden in a file.
 
 A write that fails for lack of space raises `DiskFull` naming the folder and the bytes it needed: the runner then
-gives its job back instead of failing it (runner/faults.py, which also names the fault: space_for). The state is serialised in memory first, so the only
-thing that can meet a full disk is a plain file write, whose errno says so (torch.save straight into a file reports
-ENOSPC as an opaque "unexpected pos" RuntimeError).
+gives its job back instead of failing it (runner/faults.py, whose space_for names the fault). The state is
+serialised in memory first, so the only thing that can meet a full disk is a plain file write, whose errno says so
+(torch.save straight into a file reports ENOSPC as an opaque "unexpected pos" RuntimeError).
 """
 from __future__ import annotations
 

@@ -6,8 +6,7 @@ import os
 
 import torch
 
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from runner.training import DEVICES  # noqa: F401  defined torch-free, where the CLI reads it
 
 
 def pick_device(worker_index: int = 0, requested: str = "auto") -> torch.device:

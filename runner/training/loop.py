@@ -22,10 +22,10 @@ import torch.nn.functional as F
 import equiv
 import equiv.checks
 from equiv.groups import parse_group, rotate
-from runner.training import checkpoint
-from runner.spec.config import JobConfig
 from runner.data import iterate_batches, load_splits
 from runner.data.augment import Augmenter
+from runner.spec.config import JobConfig
+from runner.training import checkpoint
 from runner.training.device import peak_memory_mb, reset_peak_memory
 from runner.training.metrics import classification_metrics, dice_bce_loss, segmentation_metrics
 
@@ -189,16 +189,23 @@ def use_amp(config: JobConfig, device: torch.device) -> bool:
 
 # ---- one step --------------------------------------------------------------------------------------------------
 
+# The input normalisation: uint8 pixels / PIXEL_MAX, then (x - INPUT_MEAN) / INPUT_STD, centred and scaled roughly to
+# unit range; a fixed affine map keeps every model's symmetry intact. Exported models state it in model.json.
+PIXEL_MAX = 255.0
+INPUT_MEAN = 0.5
+INPUT_STD = 0.25
+
+
 def prepare(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 batch -> float in [0, 1] on the device (pinned first on CUDA so the copy overlaps compute)."""
     if device.type == "cuda":
         x = x.pin_memory()
-    return x.to(device, non_blocking=True).float().div_(255.0)
+    return x.to(device, non_blocking=True).float().div_(PIXEL_MAX)
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    # Centre and scale roughly to unit range; a fixed affine map keeps every model's symmetry intact.
-    return (x - 0.5) / 0.25
+    """Pixels in [0, 1] -> the models' input (INPUT_MEAN, INPUT_STD above)."""
+    return (x - INPUT_MEAN) / INPUT_STD
 
 
 def targets(config: JobConfig, y: torch.Tensor, device: torch.device) -> torch.Tensor:
