@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from equiv.group_names import PLAIN_FAMILIES
 from runner import config as C
 from runner.spec import SECTIONS, ModelBlock, Spec
 
@@ -57,7 +58,7 @@ def build_config(name: str, task: str, seed: int, values: dict[str, Any]) -> C.J
     for section, cls in SECTIONS.items():
         prefix = section + "."
         sections[section] = cls(**{k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)})
-    if sections["model"].family in ("cnn", "unet"):
+    if sections["model"].family in PLAIN_FAMILIES:
         sections["model"] = dataclasses.replace(sections["model"], group="trivial")
     return C.JobConfig(experiment=name, task=task, seed=seed, **sections)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from equiv.groups import GroupError, VALID_FORMS, parse_group
+from equiv.group_names import PLAIN_FAMILIES, VALID_FORMS, GroupError, parse_group
 from equiv.hparams import MATCH_MODES, POOLS, RULES, Bound, Rule, rules_for
 from runner import config as C
 from runner.search_spec import FinalSpec, SearchSpec, merge_search, parse_final, parse_search
@@ -347,7 +347,7 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
         except GroupError:
             problems.append((f"{where}.group", f"unknown group {group!r}; valid forms: {VALID_FORMS}"))
             continue
-        plain = [f for f in families if f in ("cnn", "unet")]
+        plain = [f for f in families if f in PLAIN_FAMILIES]
         if group != "trivial" and plain:
             problems.append((f"{where}.group", f"family {plain[0]!r} is a plain CNN: its group must be 'trivial' "
                              f"(got {group!r}); use family 'gcnn'/'gunet' for {group}"))
