@@ -3,23 +3,30 @@
     model = equiv.build_model("gcnn", "D4", in_channels=3, num_outputs=2, width=16)
     equiv.checks.invariance_errors(model, x)   # {"rot90": 3e-7, ...}
 
-escnn (slow to import) is loaded only when an equivariant family is built.
+escnn (slow to import) is loaded only when an equivariant family is built, and torch only when a model is built or
+`checks` / `export_eval` is first used: the spec validator imports equiv.hparams and equiv.group_names, and a
+command that only reads a spec or the database must not pay seconds for torch.
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from equiv.group_names import PLAIN_FAMILIES, Group, GroupError, parse_group
+from equiv.hparams import MATCH_MODES, POOLS, rules_for, problems as bad_hparams
 
-from equiv import checks
-from equiv.export import export_eval
-from equiv.groups import Group, GroupError, parse_group
-from equiv.hparams import MATCH_MODES, PLAIN_FAMILIES, POOLS, rules_for, problems as bad_hparams
+if TYPE_CHECKING:
+    from torch import nn
+
+    from equiv import checks
+    from equiv.export import export_eval
 
 __all__ = [
     "FAMILIES", "HPARAMS", "Group", "checks", "GroupError", "ModelConfigError", "build_model", "count_params", "export_eval",
     "parse_group",
 ]
+# Names that import torch, loaded on first use (PEP 562): name -> (module, attribute or None for the module).
+_LAZY = {"checks": ("equiv.checks", None), "export_eval": ("equiv.export", "export_eval")}
 
 FAMILIES = ("cnn", "gcnn", "unet", "gunet")
 HPARAMS: dict[str, Any] = {
@@ -57,6 +64,20 @@ def build_model(family: str, group: str, in_channels: int, num_outputs: int, **h
         return build_unet(family, parsed, in_channels, num_outputs, **hparams)
     config = _validated(in_channels, num_outputs, hparams)
     return _build_classifier(family, parsed, in_channels, num_outputs, config)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'equiv' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def count_params(model: nn.Module) -> int:

@@ -15,7 +15,6 @@ from typing import Any
 MATCH_MODES = ("params", "channels")
 POOLS = ("blur", "average")  # equiv.cnn.POOLS, named here so validation needs no torch
 SEGMENTERS = ("unet", "gunet")
-PLAIN_FAMILIES = ("cnn", "unet")  # no symmetry: group 'trivial' only; the rest take a group
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from equiv.hparams import PLAIN_FAMILIES
+from equiv.group_names import PLAIN_FAMILIES
 from runner.selection import Best, Result, best
 from runner.spec.config import FAMILIES, GEOMETRIC_AUGMENTS
 from runner.spec.search import METRIC_DIRECTIONS

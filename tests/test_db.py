@@ -13,6 +13,7 @@ from sqlalchemy import update
 
 from runner.store import Database, DatabaseError, DatabaseUnavailable, JobModel, LostJob, SchemaVersionModel
 from runner.faults import DatabaseAway
+from runner.executors.running_view import running_rows
 
 CONFIG = {"model": {"family": "cnn", "group": "trivial"}, "seed": 0}
 
@@ -264,3 +265,15 @@ def test_an_outage_past_the_bound_stops_with_the_server_named_and_no_retry_on_re
     with pytest.raises(DatabaseError, match="no such table"):
         db.retrying(broken)
     assert calls == [1]  # a real error is not retried
+
+
+def test_a_running_jobs_heartbeat_age_is_read_on_the_databases_clock(db_url):
+    # PostgreSQL's now() is timezone-aware and the heartbeat columns are naive: subtracting them used to raise.
+    db, experiment_id, keys = make_db(db_url, jobs=1)
+    job = db.claim(experiment_id, keys, "elsewhere:1:1:0")
+    ((*_, heartbeat, alive),) = running_rows(db, experiment_id, stale_after=300)
+    assert db.now().tzinfo is None
+    assert heartbeat.endswith("s ago)") and "presumed alive" in alive, (heartbeat, alive)
+    with db.session() as s:
+        s.execute(update(JobModel).where(JobModel.job_id == job.job_id).values(heartbeat_at=datetime(2000, 1, 1)))
+    assert "presumed dead" in running_rows(db, experiment_id, stale_after=300)[0][-1]

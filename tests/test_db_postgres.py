@@ -28,6 +28,7 @@ from tests.test_ownership import test_a_worker_that_lost_its_job_stops_training_
 from tests.test_db import (  # noqa: F401  collected again here, with the PostgreSQL `db_url` below
     CONFIG,
     test_a_job_given_back_is_no_longer_the_old_workers_to_write,
+    test_a_running_jobs_heartbeat_age_is_read_on_the_databases_clock,
     test_a_transient_failure_is_retried_with_one_line_per_outage,
     test_an_exact_job_id_always_wins_over_a_hex_key_prefix,
     test_an_outage_past_the_bound_stops_with_the_server_named_and_no_retry_on_real_errors,

@@ -84,8 +84,9 @@ def test_a_checkpoint_that_does_not_fit_raises_disk_full_and_keeps_the_old_one(s
     before = path.read_bytes()
     fill(small_disk, leave=8 * PAGE)
     big = {"w": torch.ones(100_000)}  # 400 kB: cannot fit
-    with pytest.raises(DiskFull, match=rf"^no space left in {re.escape(str(path.parent))} \(needed 40\d kB, \d+ kB free\); "
-                                       "free space, then rerun$") as info:
+    folder = re.escape(str(path.parent))
+    with pytest.raises(DiskFull, match=rf"^no space left in {folder} \(needed 40\d kB, \d+ kB free\); free space, then "
+                                       "rerun$") as info:
         checkpoint.save(path, big)
     assert info.value.errno == 28
     assert path.read_bytes() == before

@@ -1,6 +1,7 @@
 """Slurm for real: a one-node cluster on localhost (tests/slurm_cluster.py), a PostgreSQL server
-(tests/pg_server.py), job arrays submitted through `python -m runner --executor slurm`, and preemption by Slurm's
-warning signal. `nox -s slurm` runs these (it installs slurm-wlm and munge); they are skipped elsewhere.
+(tests/pg_server.py), job arrays submitted through `python -m runner --executor slurm`, preemption by Slurm's
+warning signal, and whole studies followed with --wait. `nox -s slurm` runs these (it installs slurm-wlm and
+munge); they are skipped elsewhere.
 """
 from __future__ import annotations
 
@@ -28,6 +29,40 @@ pytestmark = [
 PREEMPTED = (RESUMABLE.replace('name = "resume"', 'name = "preempted"').replace("train_size = 96", "train_size = 192")
              .replace("epochs = 3", "epochs = 5"))
 SLURM = ("--executor", "slurm", "--cpus-per-task", "1", "--mem-gb", "1", "--time-min", "20")
+# A whole study, small: 3 random trials of one model, then its best configuration with a second seed (seed 0 is
+# the search job itself): 4 jobs of a few seconds, each long enough (many batches, a checkpoint after each) to be
+# warned mid-trial.
+STUDY = """
+[experiment]
+name = "slurm_study"
+seeds = [0]
+[data]
+train_size = 192
+valid_size = 32
+test_size = 32
+[train]
+epochs = 4
+batch_size = 8
+checkpoint_minutes = 0.0001
+[eval]
+rotation_angles = [0, 90]
+rotation_samples = 16
+[search]
+sampler = "random"
+trials = 3
+seed = 0
+prune = "none"
+[search.space]
+"train.lr" = { log = [1e-3, 3e-2] }
+[final]
+seeds = [0, 1]
+[[model]]
+family = "cnn"
+width = 4
+depth = 2
+"""
+STUDY_JOBS, STUDY_EPOCHS = 4, 4
+TIMESTAMP = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "  # how a task's log lines start
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +184,89 @@ def test_a_submission_slurm_refuses_is_bad_input_with_its_reason(cluster, db_url
                   "--partition", "nosuch", env=cluster)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "sbatch refused the array" in done.stderr and "partition" in done.stderr.lower()
+
+
+def study_state(url: str) -> list[tuple]:
+    """(label, status, attempts, slurm job, array task, epochs recorded) per job of the study, in job order."""
+    try:
+        return rows(url, "select label, status, attempts, slurm_job_id, slurm_array_task_id, (select count(distinct "
+                         "epoch) from epoch_metrics e where e.job_id = j.job_id) from jobs j order by job_id")
+    except ProgrammingError:  # the submitter has not created the tables yet
+        return []
+
+
+def followed(out: str) -> str:
+    """What --wait printed while it followed the array: progress lines and one line per job as it ended."""
+    return "\n".join(line for line in out.splitlines()
+                     if re.match(r"array \d+:|squeue could not|  [^:]+: (done|pruned|failed|interrupted)", line))
+
+
+def mid_trial(url: str) -> tuple | None:
+    """The running job once it has an epoch recorded and another job is done: then the jobs known so far are
+    one done and one running, none queued, and the study still has trials and its final job to add."""
+    jobs = study_state(url)
+    if not any(status == "done" for _, status, *_ in jobs):
+        return None
+    return next((job for job in jobs if job[1] == "running" and job[5] >= 1), None)
+
+
+def assert_study_finished_once_each(url: str, out: str, warned: str = "") -> list[tuple]:
+    """Every trial and the final job done, each run once (the `warned` job may have been given back and resumed
+    once), every epoch recorded, and the run shown job by job as it went."""
+    jobs = study_state(url)
+    assert [status for _, status, *_ in jobs] == ["done"] * STUDY_JOBS, (jobs, out)
+    assert all(attempts == 1 or (label == warned and attempts == 2) for label, _, attempts, *_ in jobs), jobs
+    assert [epochs for *_, epochs in jobs] == [STUDY_EPOCHS] * STUDY_JOBS, jobs
+    trials = rows(url, "select role, count(*) from trials group by role order by role")
+    assert trials == [("final", 1), ("search", 3)]
+    assert "study: trials are sampled as it runs" in out and "0 of 0 jobs" not in out
+    for label, *_ in jobs:
+        assert f"  {label}: done" in out, (label, out)  # each job shown as it ended, not only in the table
+    assert re.search(r"array \d+: tasks [^;]+; jobs \d+ done", out), out
+    assert out.rstrip().endswith("All jobs done. Next: python -m runner report"), out
+    return jobs
+
+
+def test_a_study_warned_mid_trial_requeues_its_task_and_finishes_under_wait(cluster, db_url, tmp_path):  # noqa: F811
+    spec, root = write(tmp_path, STUDY), tmp_path / "runs"
+    t0 = time.monotonic()
+    timeline = []
+
+    def mark(event: str) -> None:
+        timeline.append(f"{time.monotonic() - t0:6.1f} s  {event}")
+
+    waiting = runner(str(spec), "--root", str(root), "--db", db_url, *SLURM, "--workers", "1", "--wait",
+                     env=cluster, wait=False)
+    mark("submitted (--wait, one task)")
+    running = wait_until("a trial mid-training after a finished one", lambda: mid_trial(db_url))
+    target = running[3] if running[4] is None else f"{running[3]}_{running[4]}"  # one task is a plain job
+    mark(f"{running[0]} running, {running[5]} epochs recorded: scancel --signal=USR2 {target}")
+    subprocess.run(["scancel", "--signal=USR2", target], env={**os.environ, **cluster}, check=True, timeout=30)
+    wait_until("the task requeued (or --wait gave up)", lambda: restarts(target, cluster) >= 1
+               or waiting.poll() is not None)
+    mark(f"task requeued (Restarts={restarts(target, cluster)})")
+    out, _ = waiting.communicate(timeout=600)
+    mark(f"--wait exited {waiting.returncode}")
+    print("\n[slurm] study timeline:\n" + "\n".join(timeline) + "\n[slurm] --wait showed:\n" + followed(out))
+    assert restarts(target, cluster) == 1, out
+    assert waiting.returncode == 0, out
+    jobs = assert_study_finished_once_each(db_url, out, warned=running[0])
+    print(f"[slurm] study: {len(jobs)} jobs done, 1 requeue, {time.monotonic() - t0:.1f} s from submit to finished")
+    log = (root / "slurm" / f"{running[3]}_0_log.out").read_text()
+    assert re.search(TIMESTAMP + r"requeueing Slurm task", log, flags=re.M), log[-3000:]
+    assert re.search(TIMESTAMP + r"\[1\] cnn #0 s0: started", log, flags=re.M), log[-3000:]
+
+
+def test_a_study_on_two_tasks_is_followed_until_its_final_job_is_done(cluster, db_url, tmp_path):  # noqa: F811
+    spec = write(tmp_path, STUDY)
+    started = time.monotonic()
+    done = runner(str(spec), "--root", str(tmp_path / "runs"), "--db", db_url, *SLURM, "--workers", "2", "--wait",
+                  env=cluster)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"Submitted Slurm job array \d+ \(2 tasks\)", done.stdout), done.stdout
+    jobs = assert_study_finished_once_each(db_url, done.stdout)
+    tasks = {task for *_, task, _ in jobs}
+    print("\n[slurm] --wait showed:\n" + followed(done.stdout))
+    print(f"[slurm] study on 2 tasks: {len(jobs)} jobs done once each by tasks {sorted(tasks)}, "
+          f"{took:.1f} s from submit to finished")

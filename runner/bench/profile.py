@@ -27,6 +27,7 @@ KINDS = ("convolution", "basis expansion", "pooling", "normalisation", "nonlinea
          "backward bookkeeping", "optimiser", "data")
 _CONVOLUTION_OPS = ("aten::conv2d", "aten::convolution", "aten::_convolution")
 _BACKWARD = "autograd::engine::evaluate_function: "
+_WHOLE = ("loss", "optimiser", "data")  # ranges counted whole: the ops inside them must not count a second time
 
 
 def module_kinds() -> dict[type, str]:
@@ -90,10 +91,10 @@ def breakdown(events) -> dict[str, float]:
         parent_is_scope = event.cpu_parent is not None and event.cpu_parent.name in ("conv", *KINDS)
         if kind and event.sequence_nr >= 0:
             kinds_by_sequence.setdefault(event.sequence_nr, kind)
-        if kind and parent_is_scope:
+        if kind and parent_is_scope and kind not in _WHOLE:
             totals[kind] += event.cpu_time_total / 1e3
     for event in events:
-        if event.name in ("loss", "optimiser", "data"):
+        if event.name in _WHOLE:
             totals[event.name] += event.cpu_time_total / 1e3
         elif event.name.startswith(_BACKWARD) and event.cpu_parent is None:
             totals[kinds_by_sequence.get(event.sequence_nr, "backward bookkeeping")] += event.cpu_time_total / 1e3

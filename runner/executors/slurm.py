@@ -117,13 +117,33 @@ def how_to_follow(submission: Submission, db_url: str) -> str:
 
 # ---- following -------------------------------------------------------------------------------------------------
 
-def array_states(job_id: str) -> list[str]:
-    """The states of the array's tasks still known to Slurm (empty once all have ended)."""
-    done = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                          timeout=60)
-    if done.returncode != 0:  # "Invalid job id": ended and purged
-        return []
+def array_states(job_id: str) -> list[str] | None:
+    """The states of the array's tasks still known to Slurm (empty once all have ended); None when squeue could not
+    tell (a busy or restarting controller times out), so the caller asks again instead of taking it for the end."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return [] if "invalid job id" in done.stderr.lower() else None  # invalid: ended and purged
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+
+def still_known(job_id: str, every: float, console: Console, patience: int = 120) -> list[str]:
+    """The array's task states; [] only once Slurm has said twice, a poll apart, that none is left, or squeue has
+    failed `patience` polls in a row. A failed or empty answer while a task is requeued must not end --wait."""
+    failures = empties = 0
+    while True:
+        states = array_states(job_id)
+        if states:
+            return states
+        failures, empties = (failures + 1, 0) if states is None else (0, empties + 1)
+        if empties == 2 or failures == patience:
+            return []
+        if failures == 1:
+            console.print(f"squeue could not say how array {job_id} stands; asking again every {every:g} s")
+        time.sleep(every)
 
 
 def follow(submission: Submission, current: Callable[[], Work], console: Console, every: float = 5.0) -> Work:
@@ -133,7 +153,7 @@ def follow(submission: Submission, current: Callable[[], Work], console: Console
     """
     last = ""
     seen = {job.key: job.status for job in current().jobs}  # a rerun's finished jobs are not news
-    while states := array_states(submission.job_id):
+    while states := still_known(submission.job_id, every, console):
         now = current()
         _print_ended(now, seen, console)
         line = f"array {submission.job_id}: tasks {_tally(states)}; " + _jobs_line(now)
@@ -148,7 +168,7 @@ def follow(submission: Submission, current: Callable[[], Work], console: Console
 
 def _jobs_line(work: Work) -> str:
     jobs = f"jobs {_tally([j.status for j in work.jobs])}" if work.jobs else "no jobs yet"
-    return jobs + (f"; {work.to_add} trials or final evaluations still to add" if work.to_add else "")
+    return jobs + (f"; {work.to_add} still to add (trials, final evaluations)" if work.to_add else "")
 
 
 def _print_ended(work: Work, seen: dict[str, str], console: Console) -> None:

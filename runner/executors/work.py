@@ -45,7 +45,7 @@ class Work:
         """What stands between this experiment and finished, in words ('' when finished)."""
         parts = [f"{n} {status}" for status in ("running", *CLAIMABLE, "failed") if (n := self.count(status))]
         if self.to_add:
-            parts.append(f"{self.to_add} trials or final evaluations still to add")
+            parts.append(f"{self.to_add} still to add (trials, final evaluations)")
         return ", ".join(parts)
 
 

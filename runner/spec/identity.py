@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from equiv.hparams import PLAIN_FAMILIES
+from equiv.group_names import PLAIN_FAMILIES
 from runner.spec import config as C
 from runner.spec.fields import SECTIONS
 from runner.spec.parse import ModelBlock, Spec

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from equiv.groups import VALID_FORMS, GroupError, parse_group
-from equiv.hparams import PLAIN_FAMILIES
+from equiv.group_names import PLAIN_FAMILIES, VALID_FORMS, GroupError, parse_group
 from runner.spec import config as C
 from runner.spec.fields import (
     BLOCK_OVERRIDABLE,
@@ -26,7 +25,13 @@ from runner.spec.fields import (
     is_int,
     model_rules,
 )
-from runner.spec.search import FinalSpec, SearchSpec, merge_search, parse_final, parse_search
+from runner.spec.search import (
+    FinalSpec,
+    SearchSpec,
+    merge_search,
+    parse_final,
+    parse_search,
+)
 from runner.spec.toml_file import TomlFileError, load_toml, tomllib
 
 EXPERIMENT_KEYS = ("name", "task", "seeds", "description")

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import delete, func, inspect, select, update
@@ -494,8 +494,10 @@ def _new_job(experiment_id: int, key: str, label: str, config: dict[str, Any]) -
 
 
 def _now(session: Session) -> datetime:
+    """The database's clock as a naive UTC datetime, like the stored heartbeats (PostgreSQL's now() is aware)."""
     now = session.scalar(select(func.now()))
-    return datetime.fromisoformat(now) if isinstance(now, str) else now
+    now = datetime.fromisoformat(now) if isinstance(now, str) else now
+    return now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
 
 
 def _finite(value: float | None) -> float | None:
