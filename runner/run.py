@@ -61,6 +61,7 @@ def run_spec(request: RunRequest, console: Console) -> int:
         [(job.key, job.label, job.config.to_dict()) for job in request.jobs],
     )
     keys = spec_keys(db, experiment_id, request)
+    worker.adopt_legacy_checkpoints(request.root, request.spec.name, keys)
     requeue(db, experiment_id, keys, request)
     before = {row.key: row.status for row in db.jobs(experiment_id, keys)}
     ended = FINISHED if request.spec.searched else ("done",)  # a pruned trial is as final as a done one
@@ -181,7 +182,7 @@ def study_sources(spec: Spec) -> list:
 def requeue(db: Database, experiment_id: int, keys: list[str], request: RunRequest) -> None:
     if request.force:
         db.requeue(experiment_id, keys, ("done", "failed", "interrupted", "pruned"))
-        worker.forget_checkpoints(request.root, keys)
+        worker.forget_checkpoints(request.root, request.spec.name, keys)
     elif request.retry_failed:
         db.requeue(experiment_id, keys, ("failed",))
 

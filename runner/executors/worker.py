@@ -162,7 +162,7 @@ def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: 
         after_epoch=_prune_hook(db, options, job.job_id, name),
         before_save=lambda: db.heartbeat(job.job_id, name),  # never write a checkpoint that is no longer ours
     )
-    path = checkpoint.checkpoint_path(options.root, job.key)
+    path = checkpoint.checkpoint_path(options.root, config.experiment, job.key)
     try:
         db.set_provenance(job.job_id, name, **collect(describe(device)))
         result = loop.run(config, path, options.root / "data", device, hooks)
@@ -233,7 +233,15 @@ def _throttled(action, seconds: float):
     return call
 
 
-def forget_checkpoints(root: Path, keys: list[str]) -> None:
-    """--force: the jobs restart from scratch, so their checkpoints go."""
+def forget_checkpoints(root: Path, experiment: str, keys: list[str]) -> None:
+    """--force: the jobs restart from scratch, so this experiment's checkpoints go (never another experiment's, nor
+    a legacy shared one). Each folder stays, empty: a legacy checkpoint is only adopted where there is no folder."""
     for key in keys:
-        shutil.rmtree(checkpoint.checkpoint_path(root, key).parent, ignore_errors=True)
+        folder = checkpoint.checkpoint_path(root, experiment, key).parent
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def adopt_legacy_checkpoints(root: Path, experiment: str, keys: list[str]) -> None:
+    """A root from before per-experiment folders: each job resumes from (or exports) a copy of its shared checkpoint."""
+    checkpoint.adopt_legacy(root, experiment, keys)

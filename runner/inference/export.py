@@ -127,7 +127,7 @@ def best_job(request: ExportRequest) -> int:
 def trained_model(root: Path, key: str, config: JobConfig) -> torch.nn.Module:
     from runner.training.loop import build
 
-    path = checkpoint.checkpoint_path(root, key)
+    path = checkpoint.existing_path(root, config.experiment, key)  # legacy roots: the shared folder
     state = checkpoint.load(path)
     if state is None:
         raise ExportError(f"no checkpoint at {path}; pass the --root the job ran under, or run it again")
