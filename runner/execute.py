@@ -210,6 +210,10 @@ def _fault(db: Database, job, name: str, exc: Exception, stop: StopFlag, display
     _ended(display, job.label, "stopped", str(exc))
     stop.fault = exc
     stop.event.set()
+    return _fault_status(exc)
+
+
+def _fault_status(exc: Exception) -> str:
     return next(status for kind, status in FAULTS.items() if isinstance(exc, kind))
 
 
@@ -363,5 +367,10 @@ def _process_main(options: WorkerOptions, results: Connection) -> None:
     stop.install()
     from runner.display import PlainDisplay
 
-    results.send(run_worker(options, stop, PlainDisplay(len(options.keys))))
+    try:
+        counts = run_worker(options, stop, PlainDisplay(len(options.keys)))
+    except tuple(FAULTS) as exc:  # met between jobs (claiming, planning): the same stop as inside one, not a death
+        print(f"worker {options.worker_index}: {exc}", flush=True)
+        counts = {_fault_status(exc): 1}
+    results.send(counts)
     results.close()
