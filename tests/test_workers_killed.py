@@ -132,3 +132,28 @@ def test_a_slot_that_keeps_dying_is_not_restarted_and_the_others_finish(tmp_path
     # The surviving worker took the dead one's job over before its next claim and finished it.
     assert sorted(query(root, "select status, attempts from jobs")) == [("done", 1), ("done", 2)]
     assert metrics(root) == reference
+
+
+def test_a_worker_that_meets_an_absent_database_between_jobs_stops_as_a_fault_not_a_death(tmp_path, capsys):
+    # Nothing listens on this port: the worker waits out its (short) retry bound while connecting, then reports the
+    # fault to the parent instead of dying with a traceback, so the parent neither restarts it nor loses the reason.
+    import multiprocessing
+    import socket
+
+    from runner.executors.local import _process_main
+    from runner.executors.worker import WorkerOptions
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = WorkerOptions(db_url=f"postgresql://nobody@127.0.0.1:{port}/none", root=tmp_path, experiment_id=1,
+                            keys=("k",), db_retry_seconds=1.0)
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _process_main(options, writer)  # in this process: it installs the worker's signal handlers, restored below
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert reader.recv() == {"database_away": 1}
+    assert f"127.0.0.1:{port} stayed unreachable for 1 s" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 
 from runner.executors.display import make_display
-from runner.executors.worker import StopFlag, WorkerOptions, run_worker, take_over_dead_here
+from runner.executors.worker import FAULTS, StopFlag, WorkerOptions, fault_status, run_worker, take_over_dead_here
 from runner.store import Database
 from runner.training.device import limit_threads, threads_per_worker
 
@@ -132,5 +132,10 @@ def _process_main(options: WorkerOptions, results: Connection) -> None:
     stop.install()
     from runner.executors.display import PlainDisplay
 
-    results.send(run_worker(options, stop, PlainDisplay(len(options.keys))))
+    try:
+        counts = run_worker(options, stop, PlainDisplay(len(options.keys)))
+    except tuple(FAULTS) as exc:  # met between jobs (claiming, planning): the same stop as inside one, not a death
+        print(f"worker {options.worker_index}: {exc}", flush=True)
+        counts = {fault_status(exc): 1}
+    results.send(counts)
     results.close()

@@ -204,6 +204,10 @@ def _fault(db: Database, job, name: str, exc: Exception, stop: StopFlag, display
     _ended(display, job.label, "stopped", str(exc))
     stop.fault = exc
     stop.event.set()
+    return fault_status(exc)
+
+
+def fault_status(exc: Exception) -> str:
     return next(status for kind, status in FAULTS.items() if isinstance(exc, kind))
 
 
