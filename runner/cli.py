@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from runner import data_command
 from runner.cluster import ClusterError, ClusterProfile, read_profile
 from runner.db import JOB_STATUSES, Database, DatabaseError
 from runner.exit_codes import (  # noqa: F401  re-exported: older callers import the codes from here
@@ -29,7 +30,7 @@ from runner.faults import DatabaseAway, DiskFull
 from runner.running_view import running_lines, running_rows
 from runner.spec import SpecError, read_spec
 
-COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve", "bench")
+COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve", "bench", "data")
 # markup off: messages name spec tables such as [search] and [final], which rich would swallow as style tags.
 console = Console(highlight=False, soft_wrap=True, markup=False)
 errors = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
@@ -83,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="performance ratios side by side, with targets (runner.bench)")
     bench.add_argument("--quick", action="store_true", help="smaller batches, fewer groups and rounds (minutes)")
     bench.add_argument("--out", default="runs/bench/latest.json", help="JSON results (default runs/bench/latest.json)")
+    data_command.add_parser(sub)
     return top
 
 
@@ -273,4 +275,4 @@ def cmd_bench(args) -> int:
 
 COMMAND_FUNCTIONS = {"run": cmd_run, "report": cmd_report, "status": cmd_status, "show": cmd_show,
                      "schema": cmd_schema, "export": cmd_inference, "predict": cmd_inference, "serve": cmd_inference,
-                     "bench": cmd_bench}
+                     "bench": cmd_bench, "data": data_command.cmd_data}
