@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import equiv
 import equiv.checks
 from equiv.groups import parse_group, rotate
-from runner import checkpoint
+from runner import checkpoint, extra_metrics
 from runner.config import JobConfig
 from runner.data import iterate_batches, load_splits
 from runner.data.augment import Augmenter
@@ -311,6 +311,7 @@ def finish(config, model, splits, device, progress: Progress, params: int) -> Jo
     )
     if config.eval.invariance:
         final.update(symmetry_errors(config, model, splits.test, device))
+    final.update(extra_metrics.end_of_job(config, fast, splits.test, device, y, p))  # TTA, calibration, AUC interval
     rotation = rotation_curve(config, fast, splits.test, device)
     return JobResult(final=final, rotation=rotation, artifacts={"samples.npz": samples(config, y, p, splits.test)},
                      params=params)
