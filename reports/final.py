@@ -2,9 +2,10 @@
 
 A model is one final trial (its stream, e.g. "final family=gcnn group=D4 geometric=none"); its rows are the done jobs
 linked to that trial. Per model: test metrics as mean ± std and the 95 % t interval over seeds; against the plain
-baseline, the headline metric's paired difference with a 95 % bootstrap interval and the paired t-test's p-value
-(see reports.stats). The baseline is the plain CNN (family cnn or unet, group trivial, no geometric augmentation),
-else the first plain-family model; without one the differences are NaN and the words say why.
+baseline, the headline metric's paired difference with its 95 % t interval, the paired t-test's p-value and that
+p-value Holm-adjusted over the family "every other model against the baseline" (see reports.stats). The baseline is
+the plain CNN (family cnn or unet, group trivial, no geometric augmentation), else the first plain-family model;
+without one the differences are NaN and the words say why.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def final_table(jobs: pd.DataFrame, trials: pd.DataFrame, task: str, fields: lis
 
     Columns: name, family, group, augment.geometric, stream, hyperparameters, n_seeds, seeds, params,
     `<valid>_mean`, per test metric `_mean`, `_std`, `_ci_low`, `_ci_high`; baseline, n_pairs, `delta_<headline>`,
-    delta_ci_low, delta_ci_high, p_value; the mean of each error and cost metric; job_ids.
+    delta_ci_low, delta_ci_high, p_value, p_holm, holm_m (the family's size); the mean of each error and cost metric; job_ids.
     """
     headline = HEADLINE_METRIC[task]
     if headline not in jobs.columns:
@@ -98,19 +99,22 @@ def _with_differences(table: pd.DataFrame, finals: pd.DataFrame, task: str) -> p
     base = baseline_index(table)
     by_seed = {stream: part.groupby("seed")[headline].mean() for stream, part in finals.groupby("stream")}
     differences = [stats.paired(by_seed[stream], by_seed[table.at[base, "stream"]]) if base is not None
-                   else stats.Difference(0, math.nan, math.nan, math.nan, math.nan) for stream in table["stream"]]
+                   else stats.NO_DIFFERENCE for stream in table["stream"]]
     table["baseline"] = table.at[base, "name"] if base is not None else None
     table["n_pairs"] = [d.n_pairs for d in differences]
     table[f"delta_{headline}"] = [d.mean for d in differences]
     table["delta_ci_low"] = [d.low for d in differences]
     table["delta_ci_high"] = [d.high for d in differences]
     table["p_value"] = [d.p_value for d in differences]
+    # One family: every model against the one baseline. Its size is the number of comparisons with a p-value.
+    table["p_holm"] = stats.holm(table["p_value"])
+    table["holm_m"] = int(table["p_holm"].notna().sum())
     columns = ["name", *ROW_KEYS, "stream", "hyperparameters", "n_seeds", "seeds", "params",
                f"{VALIDATION_METRIC[task]}_mean"]
     for metric in TEST_METRICS[task]:
         columns += [f"{metric}_{part}" for part in ("mean", "std", "ci_low", "ci_high")]
     columns += ["baseline", "n_pairs", f"delta_{headline}", "delta_ci_low", "delta_ci_high", "p_value",
-                *ERROR_METRICS[task], *COST_METRICS, "job_ids"]
+                "p_holm", "holm_m", *ERROR_METRICS[task], *COST_METRICS, "job_ids"]
     return table[columns]
 
 
@@ -129,6 +133,8 @@ def format_final(table: pd.DataFrame, task: str) -> pd.DataFrame:
         "–" if base is not None and name == base else _delta_text(row, headline)
         for name, (_, row) in zip(table["name"], table.iterrows())]
     out["p"] = [_p_text(p) for p in table["p_value"]]
+    out[f"p Holm ({table['holm_m'].iloc[0]} vs {base})" if base is not None else "p Holm"] = [
+        _p_text(p) for p in table["p_holm"]]
     for metric in (*ERROR_METRICS[task], *COST_METRICS):
         digits = "{:.2g}" if metric in ERROR_METRICS[task] else "{:,.0f}"
         out[_HEADERS[metric]] = table[metric].map(lambda v, d=digits: _missing(v) or d.format(v))
@@ -176,16 +182,20 @@ def _sentence(row: pd.Series, base: str, task: str) -> str:
     head = f"{row['name']}: {row[f'delta_{headline}']:+.3f} {word} vs {base}"
     if n == 1:
         return f"{head} on 1 paired seed: too few for an interval or a p-value."
-    p = row["p_value"]
-    p_words = "p undefined (the paired differences are all equal)" if _missing(p) else (
-        "p < 0.001" if p < 0.001 else f"p = {p:.2g}")
-    sentence = (f"{head}, 95 % CI [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}], {p_words} "
-                f"over {n} paired seeds")
-    if stats.Difference(n, row[f"delta_{headline}"], row["delta_ci_low"], row["delta_ci_high"], p).includes_zero:
+    p, holm = row["p_value"], row["p_holm"]
+    if _missing(p):
+        return (f"{head}, 95 % CI [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}] over {n} paired seeds; "
+                "p undefined (the paired differences are all equal).")
+    sentence = (f"{head}, 95 % CI [{row['delta_ci_low']:+.3f}, {row['delta_ci_high']:+.3f}], {_p_words('p', p)}, "
+                f"{_p_words('p_Holm', holm)} over {n} paired seeds")
+    if p >= stats.ALPHA:
         sentence += "; the interval includes zero: no evidence of a difference at this sample size"
-    elif not _missing(p) and p >= 0.05:
-        # A bootstrap interval never reaches beyond the observed differences: with a handful of seeds that all
-        # agree in sign it excludes zero even when the t-test finds the spread too large to tell.
-        sentence += (f"; but the paired t-test does not reject zero (p ≥ 0.05): with {n} seeds the bootstrap "
-                     "interval is too narrow, so this is weak evidence")
+    elif holm >= stats.ALPHA:
+        # The t interval excludes zero exactly when p < 0.05; the family's correction is what can still undo it.
+        sentence += (f"; significant alone but not after Holm's correction over the {int(row['holm_m'])} "
+                     f"comparisons with {base}: weak evidence")
     return sentence + "."
+
+
+def _p_words(name: str, p: float) -> str:
+    return f"{name} < 0.001" if p < 0.001 else f"{name} = {p:.2g}"

@@ -22,7 +22,7 @@ _MARKERS = {"complete": ("o", 28), "pruned": ("x", 30), "failed": ("v", 24), "ru
 
 
 def forest(table: pd.DataFrame, task: str) -> Figure:
-    """Each model's paired difference to the baseline with its 95 % bootstrap interval; the zero line is 'no gain'."""
+    """Each model's paired difference to the baseline with its 95 % t interval; the zero line is 'no gain'."""
     headline = HEADLINE_METRIC[task]
     delta = f"delta_{headline}"
     if table.empty or "baseline" not in table.columns:
@@ -37,7 +37,7 @@ def forest(table: pd.DataFrame, task: str) -> Figure:
     low = (rows[delta] - rows["delta_ci_low"]).fillna(0).clip(lower=0)
     high = (rows["delta_ci_high"] - rows[delta]).fillna(0).clip(lower=0)
     colors = [_evidence_color(lo, hi, p) for lo, hi, p in zip(rows["delta_ci_low"], rows["delta_ci_high"],
-                                                               rows["p_value"])]
+                                                               rows["p_holm"])]
     for yi, (_, row), lo, hi, color in zip(y, rows.iterrows(), low, high, colors):
         ax.errorbar(row[delta], yi, xerr=[[lo], [hi]], fmt="o", color=color, capsize=4, markersize=6)
         ax.annotate(_pairs_label(row), (row[delta], yi), textcoords="offset points", xytext=(0, 7), fontsize=7,
@@ -46,23 +46,23 @@ def forest(table: pd.DataFrame, task: str) -> Figure:
     ax.set_yticks(y, rows["name"])
     ax.set_ylim(-0.8, len(rows) - 0.2)
     ax.set(xlabel=f"Δ test {_METRIC_WORD[headline]} vs {table['baseline'].iloc[0]} (paired by seed)",
-           title="Final evaluation: difference to the plain model, 95 % bootstrap CI")
+           title="Final evaluation: difference to the plain model, 95 % t CI; colour by Holm-adjusted p")
     ax.grid(alpha=0.3, axis="x")
     return figure
 
 
 def _evidence_color(low: float, high: float, p: float) -> str:
-    """Green above zero, red below, grey otherwise; as in the sentences, an interval that excludes zero while the
-    t-test does not (few seeds) counts as weak evidence: grey."""
+    """Green above zero, red below, grey otherwise; `p` is Holm-adjusted, so as in the sentences an interval that
+    excludes zero on its own but not after the family's correction counts as weak evidence: grey."""
     if not p < 0.05:  # also NaN: one pair, or equal differences
         return "0.35"
     return "C2" if low > 0 else "C3" if high < 0 else "0.35"
 
 
 def _pairs_label(row: pd.Series) -> str:
-    p = row["p_value"]
+    p = row["p_holm"]
     text = f"n={int(row['n_pairs'])}"
-    return text if p is None or math.isnan(p) else f"{text}, p={p:.2g}"
+    return text if p is None or math.isnan(p) else f"{text}, p_Holm={p:.2g}"
 
 
 def search_history(results: pd.DataFrame) -> Figure:

@@ -15,14 +15,16 @@ from reports.load import Source, load_epochs, load_spec_text, load_trials
 
 CAPTIONS = {
     "forest": ("Final evaluation: each model's test metric minus the plain model's, paired by seed, with the 95 % "
-               "bootstrap interval; an interval crossing the zero line is no evidence of a difference."),
+               "t interval; green or red only when the Holm-adjusted p is below 0.05; an interval crossing the zero "
+               "line is no evidence of a difference."),
     "search_history": ("Search metric per trial (mean over seeds of each job's best epoch); crosses are pruned "
                        "trials, the line is the best complete trial so far."),
     "search_parameters": "Search metric against each sampled parameter, per model; crosses are pruned trials.",
 }
 FINAL_CAPTION = ("Final evaluation: each model's best searched configuration re-run with the final seeds; test "
-                 "metrics as mean ± std [95 % t interval]; Δ is paired by seed with a 95 % bootstrap interval "
-                 "and the paired t-test's p.")
+                 "metrics as mean ± std [95 % t interval]; Δ is paired by seed with the 95 % t interval of the "
+                 "mean difference and the paired t-test's p; p Holm is adjusted over the family named in its "
+                 "header (every model against the baseline).")
 
 
 @dataclass(frozen=True)

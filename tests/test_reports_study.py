@@ -124,24 +124,45 @@ def test_differences_are_paired_by_seed_against_the_plain_cnn(table):
     assert rows.at["gcnn C4", "delta_ci_low"] < 0 < rows.at["gcnn C4", "delta_ci_high"]
 
 
+def test_differences_carry_holm_adjusted_p_values_over_the_models_against_the_baseline(table):
+    rows = table.set_index("name")
+    raw = [rows.at["gcnn C4", "p_value"], rows.at["gcnn D4", "p_value"]]
+    low, high = sorted(raw)
+    # Two comparisons with cnn: the smaller p doubles, the larger stays (but not below the doubled smaller one).
+    expected = {raw.index(low): 2 * low, raw.index(high): max(high, 2 * low)}
+    assert [rows.at["gcnn C4", "p_holm"], rows.at["gcnn D4", "p_holm"]] == pytest.approx(
+        [min(1, expected[0]), min(1, expected[1])])
+    assert math.isnan(rows.at["cnn", "p_holm"]) and set(table["holm_m"]) == {2}
+    assert "p Holm (2 vs cnn)" in final.format_final(table, "classification").columns
+
+
+def test_delta_interval_is_the_t_interval_of_the_paired_differences(table):
+    d4 = np.subtract(TEST_AUC["gcnn D4"], CNN_AUC)
+    expected = scipy_stats.ttest_rel(TEST_AUC["gcnn D4"], CNN_AUC).confidence_interval(0.95)
+    rows = table.set_index("name")
+    assert (rows.at["gcnn D4", "delta_ci_low"], rows.at["gcnn D4", "delta_ci_high"]) == pytest.approx(
+        (expected.low, expected.high))
+    assert rows.at["gcnn D4", "delta_test_auc"] == pytest.approx(d4.mean())
+
+
 def test_findings_say_in_words_when_the_interval_includes_zero(table):
     rows = table.set_index("name")
     c4_words, d4_words = final.findings(table, "classification")
     low, high = rows.at["gcnn D4", "delta_ci_low"], rows.at["gcnn D4", "delta_ci_high"]
-    assert d4_words == (f"gcnn D4: +0.022 AUC vs cnn, 95 % CI [{low:+.3f}, {high:+.3f}], p < 0.001 over 6 paired "
-                        "seeds.")
+    assert d4_words.startswith(f"gcnn D4: +0.022 AUC vs cnn, 95 % CI [{low:+.3f}, {high:+.3f}], p < 0.001, "
+                               "p_Holm < 0.001 over 6 paired seeds")
     assert c4_words.startswith("gcnn C4: +0.002 AUC vs cnn, 95 % CI [")
-    assert c4_words.endswith(f"over 5 paired seeds; the interval includes zero: no evidence of a difference at "
-                             "this sample size.")
+    assert "over 5 paired seeds; the interval includes zero: no evidence of a difference at this sample size" \
+        in c4_words
 
 
-def test_a_bootstrap_interval_the_t_test_disagrees_with_is_called_weak():
+def test_a_difference_significant_alone_but_not_after_holm_is_called_weak():
     row = pd.Series({"name": "gcnn D4", "baseline": "cnn", "n_pairs": 3, "delta_test_auc": 0.035,
-                     "delta_ci_low": 0.012, "delta_ci_high": 0.076, "p_value": 0.23})
+                     "delta_ci_low": 0.012, "delta_ci_high": 0.076, "p_value": 0.03, "p_holm": 0.09, "holm_m": 3})
     words = final.findings(pd.DataFrame([row, row.replace({"gcnn D4": "cnn"})]), "classification")
-    assert words == ("gcnn D4: +0.035 AUC vs cnn, 95 % CI [+0.012, +0.076], p = 0.23 over 3 paired seeds; but the "
-                     "paired t-test does not reject zero (p ≥ 0.05): with 3 seeds the bootstrap interval is too "
-                     "narrow, so this is weak evidence.",)
+    assert words[0].startswith("gcnn D4: +0.035 AUC vs cnn, 95 % CI [+0.012, +0.076], p = 0.03, p_Holm = 0.09 over "
+                               "3 paired seeds; significant alone but not after Holm's correction over the 3 "
+                               "comparisons with cnn: weak evidence")
 
 
 def test_without_a_plain_model_the_findings_say_so(study_db):
@@ -249,5 +270,5 @@ def test_forest_plot_greys_out_intervals_that_include_zero(table):
     ax = figure.axes[0]
     colors = [container.lines[0].get_color() for container in ax.containers]
     assert [tick.get_text() for tick in ax.get_yticklabels()] == ["gcnn C4", "gcnn D4"]
-    assert colors == ["0.35", "C2"]  # C4 crosses zero; D4 lies above it with p < 0.001
+    assert colors == ["0.35", "C2"]  # C4 crosses zero; D4 lies above it with p_Holm < 0.001
     assert any(line.get_xdata()[0] == 0 for line in ax.get_lines())  # the zero line

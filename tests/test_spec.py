@@ -64,8 +64,11 @@ def test_family_must_fit_task():
     assert "unet, gunet" in problems_of(raw)["model[0].family"]
 
 
-def test_pcam_needs_a_root():
-    raw = {**MINIMAL, "data": {"source": "pcam"}}
+def test_pcam_needs_no_root_but_a_folder_does():
+    raw = {**MINIMAL, "data": {"source": "pcam"}}  # the default folder of `python -m runner data pcam`
+    assert parse_spec(raw, "x.toml").blocks[0].values["data.source"] == "pcam"
+    raw = {"experiment": {"name": "t", "task": "segmentation"}, "model": [{"family": "unet"}],
+           "data": {"source": "folder"}}
     assert "data.root" in problems_of(raw)["model[0].data.root"]
 
 

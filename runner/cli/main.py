@@ -14,17 +14,23 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from runner.cli import data as data_command
 from runner.cli.options import db_url, default_root
 from runner.executors.cluster import ClusterError, ClusterProfile, read_profile
 from runner.executors.liveness import STALE_AFTER_SECONDS
 from runner.executors.running_view import running_lines, running_rows
-from runner.exit_codes import EXIT_BAD_INPUT, EXIT_DATABASE_AWAY, EXIT_DISK_FULL, EXIT_OK
+from runner.exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_DATABASE_AWAY,
+    EXIT_DISK_FULL,
+    EXIT_OK,
+)
 from runner.faults import DatabaseAway, DiskFull
 from runner.spec import SpecError, read_spec
 from runner.store import JOB_STATUSES, Database, DatabaseError
 from runner.training import DEVICES
 
-COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve", "bench")
+COMMANDS = ("run", "report", "status", "show", "schema", "export", "predict", "serve", "bench", "data")
 # markup off: messages name spec tables such as [search] and [final], which rich would swallow as style tags.
 console = Console(highlight=False, soft_wrap=True, markup=False)
 errors = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
@@ -70,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="performance ratios side by side, with targets (runner.bench)")
     bench.add_argument("--quick", action="store_true", help="smaller batches, fewer groups and rounds (minutes)")
     bench.add_argument("--out", default="runs/bench/latest.json", help="JSON results (default runs/bench/latest.json)")
+    data_command.add_parser(sub)
     return top
 
 
@@ -260,4 +267,4 @@ def cmd_bench(args) -> int:
 
 COMMAND_FUNCTIONS = {"run": cmd_run, "report": cmd_report, "status": cmd_status, "show": cmd_show,
                      "schema": cmd_schema, "export": cmd_inference, "predict": cmd_inference, "serve": cmd_inference,
-                     "bench": cmd_bench}
+                     "bench": cmd_bench, "data": data_command.cmd_data}

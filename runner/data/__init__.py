@@ -24,7 +24,7 @@ def check_source(task: str, data: DataSpec) -> None:
     if data.source == "synthetic":
         _check_synthetic_sizes(data, {"train": data.train_size, "valid": data.valid_size, "test": data.test_size})
     elif data.source == "pcam":
-        pcam.check_pcam(_location(data.root, "data.root", "the folder with the PatchCamelyon .h5 files"))
+        pcam.check_pcam(_pcam_root(data))
     elif data.source == "folder":
         arrays.check_folder(_location(data.root, "data.root", "a folder with images/ and masks/"))
     elif data.source == "arrays":
@@ -44,7 +44,7 @@ def load_splits(task: str, data: DataSpec, cache_dir: Path) -> Splits:
         folder = synthetic.ensure_nuclei(cache_dir, data.seed, data.image_size, caps)
         return arrays.load_nuclei_files(folder, data.seed, caps, data.fraction, data.in_memory)
     if data.source == "pcam":
-        return pcam.load_pcam(Path(data.root), cache_dir / "pcam", caps, data.fraction, data.seed, data.in_memory)
+        return pcam.load_pcam(_pcam_root(data), cache_dir / "pcam", caps, data.fraction, data.seed, data.in_memory)
     location = Path(data.root if data.source == "folder" else data.path)
     return arrays.load_user_segmentation(data.source, location, data.image_size, data.seed, caps, data.fraction)
 
@@ -68,6 +68,18 @@ def _check_synthetic_sizes(data: DataSpec, caps: dict[str, int]) -> None:
                         f"(set data.train_size / valid_size / test_size)")
     if data.image_size < 16:
         raise DataError(f"data.image_size = {data.image_size}; synthetic patches need at least 16 px")
+
+
+def _pcam_root(data: DataSpec) -> Path:
+    """data.root, or the default folder that `python -m runner data pcam` fills (data.root is not in a job's key)."""
+    if data.root:
+        return Path(data.root).expanduser()
+    root = pcam.default_root()
+    if not root.is_dir():
+        raise DataError(f"data.root is not set and the default PatchCamelyon folder {root} does not exist; run "
+                        f"`python -m runner data pcam` to download it there, or set data.root (or "
+                        f"{pcam.DATA_DIR_ENV}) to a folder with the published files")
+    return root
 
 
 def _location(value: str, key: str, what: str) -> Path:

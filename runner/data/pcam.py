@@ -22,8 +22,19 @@ from runner.data.errors import DataError
 from runner.faults import space_for
 
 SPLITS = ("train", "valid", "test")
-DOWNLOAD_HINT = ("download PatchCamelyon from https://github.com/basveeling/pcam (Zenodo record 2546921) "
-                 "into data.root, or use data.source = \"synthetic\"")
+PUBLISHED_SIZES = {"train": 262_144, "valid": 32_768, "test": 32_768}
+DOWNLOAD_HINT = ("`python -m runner data pcam [--root DIR]` downloads, verifies and decompresses PatchCamelyon "
+                 "(Zenodo record 2546921); or use data.source = \"synthetic\"")
+DATA_DIR_ENV = "RUNNER_DATA_DIR"
+
+
+def default_root() -> Path:
+    """The PCam folder when data.root is unset: $RUNNER_DATA_DIR/pcam, else the user's cache folder.
+
+    Not under the run root: the runner's checks do not see `--root`, one 16 GB copy serves every run root and
+    checkout, and deleting a run root to start afresh should not cost a 7.7 GB download again."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "equivariant-pathology-runner"
+    return Path(os.environ.get(DATA_DIR_ENV) or cache).expanduser() / "pcam"
 
 
 def file_name(split: str, kind: str) -> str:

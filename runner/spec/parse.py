@@ -279,7 +279,7 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
     for source in _as_list(values.get("data.source", "synthetic")):
         if source == "pcam" and task == "segmentation":
             problems.append((f"{where}.data.source", "pcam has no masks; for segmentation use synthetic, folder or arrays"))
-        if source in ("pcam", "folder") and not values.get("data.root"):
+        if source == "folder" and not values.get("data.root"):  # pcam without a root: the download's folder
             problems.append((f"{where}.data.root", f"source {source!r} needs data.root = the folder with its files"))
         if source == "arrays" and not values.get("data.path"):
             problems.append((f"{where}.data.path", "source 'arrays' needs data.path = an .npz or .h5 file"))

@@ -25,9 +25,13 @@ from equiv.groups import parse_group, rotate
 from runner.data import iterate_batches, load_splits
 from runner.data.augment import Augmenter
 from runner.spec.config import JobConfig
-from runner.training import checkpoint
+from runner.training import checkpoint, extra_metrics
 from runner.training.device import peak_memory_mb, reset_peak_memory
-from runner.training.metrics import classification_metrics, dice_bce_loss, segmentation_metrics
+from runner.training.metrics import (
+    classification_metrics,
+    dice_bce_loss,
+    segmentation_metrics,
+)
 
 INVARIANCE_SAMPLES = 8
 SAMPLE_IMAGES = 8
@@ -318,6 +322,7 @@ def finish(config, model, splits, device, progress: Progress, params: int) -> Jo
     )
     if config.eval.invariance:
         final.update(symmetry_errors(config, model, splits.test, device))
+    final.update(extra_metrics.end_of_job(config, fast, splits.test, device, y, p))  # TTA, calibration, AUC interval
     rotation = rotation_curve(config, fast, splits.test, device)
     return JobResult(final=final, rotation=rotation, artifacts={"samples.npz": samples(config, y, p, splits.test)},
                      params=params)
