@@ -33,6 +33,7 @@ class Section:
     caption: str = TABLE_CAPTION  # what the table's numbers are
     findings: tuple[str, ...] = ()  # the table in words: one sentence per model
     extras: tuple[tuple[str, pd.DataFrame], ...] = ()  # (title, formatted table) shown after the main one
+    answer: str = ""  # the question answered in words from the numbers: first in the section
 
 
 _CSS = """
@@ -55,6 +56,7 @@ figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #eaeef2; }
 figcaption { font-size: .85rem; color: #57606a; }
 ul.skipped li, ul.notes li { font-size: .9rem; }
 ul.findings li { font-size: .95rem; }
+p.answer { font-size: 1.02rem; background: #f6f8fa; border-left: 4px solid #0969da; padding: .6rem .9rem; }
 """
 
 
@@ -71,8 +73,10 @@ def _section(section: Section) -> str:
     counts = "".join(f'<span class="{escape(status)}">{escape(status)}: {count}</span>'
                      for status, count in section.status_counts)
     parts = [f'<section id="{anchor}">', f"<h2>{escape(section.experiment)} "
-             f'<small class="meta">({escape(section.task)})</small></h2>',
-             f'<p class="status">{counts or "<span>no jobs</span>"}</p>']
+             f'<small class="meta">({escape(section.task)})</small></h2>']
+    if section.answer:
+        parts.append(f'<p class="answer">{escape(section.answer)}</p>')
+    parts += [f'<p class="status">{counts or "<span>no jobs</span>"}</p>']
     if section.notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in section.notes) + "</ul>")
     parts.append(_table(section.table, section.caption))

@@ -89,14 +89,17 @@ def _render_experiment(engine: Source, name: str, task: str, out_dir: Path, writ
     if study is not None:
         files.update({"search.md": tables.to_markdown(study.counts), "search.csv": tables.to_csv(study.counts)})
     written += [_write(folder / file, text.encode()) for file, text in files.items()]
-    lines = figures.pick_lines(table, task) if not table.empty else table
-    drawn, skipped = _figures(engine, jobs, selected, table, lines, task, folder, written, study)
-    notes = _notes(jobs, task, len(table), len(lines)) + (study.notes if study is not None else ())
+    # +TTA rows re-use their model's jobs: the per-model figures draw each model once.
+    models = table[~table["tta"]] if "tta" in table.columns else table
+    lines = figures.pick_lines(models, task) if not models.empty else models
+    drawn, skipped = _figures(engine, jobs, selected, models, lines, task, folder, written, study)
+    notes = _notes(jobs, task, len(models), len(lines)) + (study.notes if study is not None else ())
     extras = (("Search: trials per model, pruned and complete", study.counts),) if study is not None else ()
     return html.Section(experiment=name, task=task, status_counts=_status_counts(jobs), notes=notes,
                         table=formatted, figures=drawn, skipped=skipped,
                         links=tuple((f, f"{folder.name}/{f}") for f in files), caption=caption,
-                        findings=study.findings if study is not None else (), extras=extras)
+                        findings=study.findings if study is not None else (), extras=extras,
+                        answer=study.answer if study is not None else "")
 
 
 def _headline(name: str, task: str, selected: pd.DataFrame,
@@ -200,7 +203,9 @@ def _summary(title: str, intro: str, sections: list[html.Section], out_dir: Path
     parts = [f"# {title}", "", intro]
     for section in sections:
         counts = ", ".join(f"{s} {c}" for s, c in section.status_counts) or "none"
-        parts += ["", f"## {section.experiment} ({section.task})", "", f"Jobs: {counts}."]
+        parts += ["", f"## {section.experiment} ({section.task})", ""]
+        parts += [f"**{section.answer}**", ""] if section.answer else []
+        parts += [f"Jobs: {counts}."]
         parts += [f"- {note}" for note in section.notes]
         parts += ["", tables.to_markdown(section.table).rstrip()]
         parts += [""] * bool(section.findings) + [f"- {finding}" for finding in section.findings]

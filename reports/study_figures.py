@@ -1,4 +1,5 @@
-"""Figures of a study: the final differences (forest plot), the search history, and the metric against each parameter.
+"""Figures of a study: the final differences (forest plot), metric against cost (Pareto view), calibration, the
+search history, and the metric against each parameter.
 
 Same conventions as reports.figures: plain matplotlib Figures, `Skipped` with the reason when the data cannot
 support a figure. Pruned trials are drawn as crosses: their value is the best before they were stopped.
@@ -15,14 +16,16 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from reports.figures import _LABELS, Skipped, _figure, _legend
 from reports.final import _METRIC_WORD
-from reports.tables import HEADLINE_METRIC
+from reports.tables import HEADLINE_METRIC, PLAIN_FAMILIES
 from runner.spec.search import METRIC_DIRECTIONS
 
 _MARKERS = {"complete": ("o", 28), "pruned": ("x", 30), "failed": ("v", 24), "running": ("s", 18)}
 
 
 def forest(table: pd.DataFrame, task: str) -> Figure:
-    """Each model's paired difference to the baseline with its 95 % t interval; the zero line is 'no gain'."""
+    """Each model's paired difference to the baseline with its 95 % t interval; the zero line is 'no gain'. Plain
+    models (augmented, +TTA) are squares, equivariant ones circles; the dashed line is the strongest plain model,
+    so a G-CNN right of it beats learning the symmetry too."""
     headline = HEADLINE_METRIC[task]
     delta = f"delta_{headline}"
     if table.empty or "baseline" not in table.columns:
@@ -32,23 +35,35 @@ def forest(table: pd.DataFrame, task: str) -> Figure:
     rows = table[(table["name"] != table["baseline"]) & table[delta].notna()]
     if rows.empty:
         raise Skipped("no final model shares a seed with the baseline")
-    figure, ax = _figure(7.0, 1.2 + 0.45 * len(rows))
+    figure, ax = _figure(7.0, 1.4 + 0.45 * len(rows))
     y = np.arange(len(rows))[::-1]
     low = (rows[delta] - rows["delta_ci_low"]).fillna(0).clip(lower=0)
     high = (rows["delta_ci_high"] - rows[delta]).fillna(0).clip(lower=0)
     colors = [_evidence_color(lo, hi, p) for lo, hi, p in zip(rows["delta_ci_low"], rows["delta_ci_high"],
                                                                rows["p_holm"])]
     for yi, (_, row), lo, hi, color in zip(y, rows.iterrows(), low, high, colors):
-        ax.errorbar(row[delta], yi, xerr=[[lo], [hi]], fmt="o", color=color, capsize=4, markersize=6)
+        marker = "s" if row["family"] in PLAIN_FAMILIES else "o"
+        ax.errorbar(row[delta], yi, xerr=[[lo], [hi]], fmt=marker, color=color, capsize=4, markersize=6)
         ax.annotate(_pairs_label(row), (row[delta], yi), textcoords="offset points", xytext=(0, 7), fontsize=7,
                     ha="center", color="0.3")
     ax.axvline(0, color="0.2", linewidth=1)
+    _strongest_line(ax, table, delta)
     ax.set_yticks(y, rows["name"])
     ax.set_ylim(-0.8, len(rows) - 0.2)
     ax.set(xlabel=f"Δ test {_METRIC_WORD[headline]} vs {table['baseline'].iloc[0]} (paired by seed)",
-           title="Final evaluation: difference to the plain model, 95 % t CI; colour by Holm-adjusted p")
+           title="Difference to the plain model, 95 % t CI (coloured: Holm p < 0.05)")
     ax.grid(alpha=0.3, axis="x")
     return figure
+
+
+def _strongest_line(ax: Any, table: pd.DataFrame, delta: str) -> None:
+    strongest = table["strongest"].iloc[0] if "strongest" in table.columns else None
+    if strongest is None or strongest == table["baseline"].iloc[0]:
+        return
+    value = table.loc[table["name"] == strongest, delta].iloc[0]
+    if not np.isnan(value):
+        ax.axvline(value, color="C0", linestyle="--", linewidth=1, label=f"strongest plain: {strongest}")
+        ax.legend(fontsize=7, frameon=False, loc="lower right")
 
 
 def _evidence_color(low: float, high: float, p: float) -> str:
@@ -63,6 +78,74 @@ def _pairs_label(row: pd.Series) -> str:
     p = row["p_holm"]
     text = f"n={int(row['n_pairs'])}"
     return text if p is None or math.isnan(p) else f"{text}, p_Holm={p:.2g}"
+
+
+def cost(table: pd.DataFrame, task: str) -> Figure:
+    """The Pareto view: mean test metric (95 % t CI over seeds) against training time per job, and against
+    evaluation speed; the line joins the models no other model beats on both axes."""
+    headline = HEADLINE_METRIC[task]
+    if table.empty or f"{headline}_mean" not in table.columns:
+        raise Skipped("no final evaluation job is done yet")
+    rows = table.dropna(subset=[f"{headline}_mean"])
+    panels = [(x, label, cheaper) for x, label, cheaper in (
+        ("train_seconds", "training time per job (s)", "lower"),
+        ("eval_images_per_s", "evaluation images / s", "higher")) if rows[x].notna().any()]
+    if not panels:
+        raise Skipped("no job recorded its training time or evaluation speed")
+    figure = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
+    for index, (x, label, cheaper) in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), index + 1)
+        _cost_panel(ax, rows.dropna(subset=[x]), x, headline, cheaper)
+        ax.set(xlabel=f"{label} (log; {cheaper} is cheaper)", ylabel=_LABELS.get(headline, headline))
+    figure.suptitle("Test metric against cost per model (mean over final seeds; the line is the Pareto front)")
+    return figure
+
+
+def _cost_panel(ax: Any, rows: pd.DataFrame, x: str, headline: str, cheaper: str) -> None:
+    mean = rows[f"{headline}_mean"]
+    error = [(mean - rows[f"{headline}_ci_low"]).fillna(0).clip(lower=0),
+             (rows[f"{headline}_ci_high"] - mean).fillna(0).clip(lower=0)]
+    for i, (_, row) in enumerate(rows.iterrows()):
+        marker = "s" if row["family"] in PLAIN_FAMILIES else "o"
+        ax.errorbar(row[x], row[f"{headline}_mean"], yerr=[[error[0].iloc[i]], [error[1].iloc[i]]], fmt=marker,
+                    color=f"C{i % 10}", capsize=3, label=row["name"])
+    front = pareto_front(rows[x].to_numpy(float), mean.to_numpy(float), cheaper == "lower")
+    ax.plot(rows[x].to_numpy(float)[front], mean.to_numpy(float)[front], color="0.4", linewidth=1, zorder=0)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+
+
+def pareto_front(cost: np.ndarray, score: np.ndarray, lower_is_cheaper: bool) -> np.ndarray:
+    """Indices of the points no other point beats on both cost and score, ordered from cheap to dear."""
+    cost = cost if lower_is_cheaper else -cost
+    order = np.lexsort((-score, cost))  # cheapest first; at equal cost the best score first
+    front, best = [], -np.inf
+    for i in order:
+        if score[i] > best:
+            front.append(i)
+            best = score[i]
+    return np.array(front, dtype=int)
+
+
+def calibration(reliability: pd.DataFrame) -> Figure:
+    """Reliability diagram: observed tumour fraction against mean P(tumour) per bin, pooled over each model's seeds;
+    the diagonal is perfect calibration, and the legend gives each model's mean ECE."""
+    if reliability.empty:
+        raise Skipped("no job recorded calibration bins (jobs from before they were measured, or segmentation)")
+    figure, ax = _figure(5.6, 5.0)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    for i, (name, part) in enumerate(reliability.groupby("name", sort=False)):
+        ece = part["ece"].iloc[0]
+        label = name if np.isnan(ece) else f"{name} (ECE {ece:.3f})"
+        ax.plot(part["p"], part["y"], marker="o", markersize=4, color=f"C{i % 10}", label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted P(tumour) in the bin",
+           ylabel="observed tumour fraction", title="Calibration on the test set (10 equal-width bins)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return figure
 
 
 def search_history(results: pd.DataFrame) -> Figure:

@@ -1,7 +1,7 @@
 """Reports of a study: roles and trials per job, the final table and its sentences, search tables and figures.
 
 The database is written through the runner's own `Database` (tests/study_fixtures.py) with hand-chosen metrics.
-The final table is compared with tests/reference/report_study.{md,csv,tex}; after an intended change regenerate
+The final tables are compared with tests/reference/report_{study,fair}.{md,csv,tex}; after an intended change regenerate
 them with
 
     UPDATE_REFERENCE=1 uv run pytest tests/test_reports_study.py -q
@@ -22,12 +22,23 @@ from scipy import stats as scipy_stats
 from sqlalchemy import create_engine
 
 import reports
-from reports import final, study, study_figures
+from reports import answer, final, study, study_figures
 from reports.figures import Skipped
 from reports.load import load_rungs, load_trials
 from runner.store import BaseModel, ExperimentModel, FinalMetricModel, JobModel
 from tests.report_fixtures import build_fixture_db, job_config, job_rows, _insert
-from tests.study_fixtures import CNN_AUC, NAME, SPEC_TOML, TEST_AUC, build_study_db
+from tests.study_fixtures import (
+    CNN_AUC,
+    FAIR_BASE,
+    FAIR_NAME,
+    NAME,
+    SPEC_TOML,
+    TEST_AUC,
+    build_fair_study_db,
+    build_study_db,
+    fair_auc,
+    fair_ece,
+)
 
 REFERENCE = Path(__file__).parent / "reference"
 
@@ -152,17 +163,22 @@ def test_findings_say_in_words_when_the_interval_includes_zero(table):
     assert d4_words.startswith(f"gcnn D4: +0.022 AUC vs cnn, 95 % CI [{low:+.3f}, {high:+.3f}], p < 0.001, "
                                "p_Holm < 0.001 over 6 paired seeds")
     assert c4_words.startswith("gcnn C4: +0.002 AUC vs cnn, 95 % CI [")
-    assert "over 5 paired seeds; the interval includes zero: no evidence of a difference at this sample size" \
-        in c4_words
+    assert "over 5 paired seeds, at 1.0x the training time of cnn, equal parameters; the interval includes zero: no " \
+        "evidence of a difference at this sample size; from the seed-to-seed spread of the differences (sd 0.016) " \
+        "about 508 paired seeds would detect a true difference of +0.002 at 80 % power." in c4_words
 
 
 def test_a_difference_significant_alone_but_not_after_holm_is_called_weak():
     row = pd.Series({"name": "gcnn D4", "baseline": "cnn", "n_pairs": 3, "delta_test_auc": 0.035,
-                     "delta_ci_low": 0.012, "delta_ci_high": 0.076, "p_value": 0.03, "p_holm": 0.09, "holm_m": 3})
+                     "delta_ci_low": 0.012, "delta_ci_high": 0.076, "p_value": 0.03, "p_holm": 0.09, "holm_m": 3,
+                     "train_time_ratio": 4.1, "eval_time_ratio": 6.7, "params_ratio": 0.98,
+                     "delta_std": 0.02, "seeds_for_power": 5.0})
     words = final.findings(pd.DataFrame([row, row.replace({"gcnn D4": "cnn"})]), "classification")
-    assert words[0].startswith("gcnn D4: +0.035 AUC vs cnn, 95 % CI [+0.012, +0.076], p = 0.03, p_Holm = 0.09 over "
-                               "3 paired seeds; significant alone but not after Holm's correction over the 3 "
-                               "comparisons with cnn: weak evidence")
+    assert words[0] == ("gcnn D4: +0.035 AUC vs cnn, 95 % CI [+0.012, +0.076], p = 0.03, p_Holm = 0.09 over 3 "
+                        "paired seeds, at 4.1x the training time and 6.7x the evaluation time of cnn, equal "
+                        "parameters; significant alone but not after Holm's correction over the 3 comparisons with "
+                        "cnn: weak evidence; from the seed-to-seed spread of the differences (sd 0.020) about 5 "
+                        "paired seeds would detect a true difference of +0.035 at 80 % power.")
 
 
 def test_without_a_plain_model_the_findings_say_so(study_db):
@@ -272,3 +288,163 @@ def test_forest_plot_greys_out_intervals_that_include_zero(table):
     assert [tick.get_text() for tick in ax.get_yticklabels()] == ["gcnn C4", "gcnn D4"]
     assert colors == ["0.35", "C2"]  # C4 crosses zero; D4 lies above it with p_Holm < 0.001
     assert any(line.get_xdata()[0] == 0 for line in ax.get_lines())  # the zero line
+
+
+# ---- the fair comparison: TTA baselines, Holm, cost, calibration, the answer ---------------------------------
+
+@pytest.fixture(scope="module")
+def fair_db(tmp_path_factory) -> Path:
+    return build_fair_study_db(tmp_path_factory.mktemp("fair") / "results.db")
+
+
+@pytest.fixture(scope="module")
+def fair(fair_db) -> pd.DataFrame:
+    return final.final_table(reports.load(fair_db), load_trials(fair_db), "classification", [])
+
+
+@pytest.fixture(scope="module")
+def fair_rendered(fair_db, tmp_path_factory) -> tuple[Path, reports.Report]:
+    out = tmp_path_factory.mktemp("fair-report")
+    return out, reports.render(fair_db, out)
+
+
+def test_every_model_with_tta_metrics_gets_a_tta_row_but_the_d4_model_does_not(fair):
+    assert fair["name"].tolist() == ["cnn", "cnn +TTA", "cnn +d4", "cnn +d4 +TTA", "gcnn C4", "gcnn C4 +TTA",
+                                     "gcnn D4"]
+    rows = fair.set_index("name")
+    assert rows.at["cnn +d4 +TTA", "test_auc_mean"] == pytest.approx(np.mean(fair_auc("cnn +d4", tta=True)))
+    assert rows.at["cnn +d4 +TTA", "eval_images_per_s"] == pytest.approx(125.0)  # 8 predictions per patch
+    assert rows.at["cnn +d4 +TTA", "train_seconds"] == rows.at["cnn +d4", "train_seconds"]  # the same jobs
+    assert rows.at["cnn +d4 +TTA", "job_ids"] == rows.at["cnn +d4", "job_ids"]
+    assert rows.at["cnn +d4 +TTA", "test_ece_mean"] == pytest.approx(fair_ece("cnn +d4") / 2)
+    assert math.isnan(rows.at["cnn +d4 +TTA", "test_auc_patch_low"])  # no patch interval for the TTA average
+
+
+def test_holm_family_is_every_row_against_the_plain_cnn_and_matches_scipy(fair):
+    names = [n for n in fair["name"] if n != "cnn"]
+    auc = {n: fair_auc(n.removesuffix(" +TTA"), tta=n.endswith("+TTA")) for n in names}
+    raw = [scipy_stats.ttest_rel(auc[n], FAIR_BASE).pvalue for n in names]
+    rows = fair.set_index("name")
+    assert rows.loc[names, "p_value"].tolist() == pytest.approx(raw)
+    assert rows.loc[names, "p_holm"].tolist() == pytest.approx(_holm_by_hand(raw))
+    assert set(fair["holm_m"]) == {6}
+
+
+def _holm_by_hand(p: list[float]) -> list[float]:
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    adjusted, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_equivariant_rows_are_also_compared_with_the_strongest_plain_row(fair):
+    rows = fair.set_index("name")
+    assert set(fair["strongest"]) == {"cnn +d4 +TTA"}
+    strongest = fair_auc("cnn +d4", tta=True)
+    d4 = scipy_stats.ttest_rel(fair_auc("gcnn D4"), strongest)
+    assert rows.at["gcnn D4", "delta_vs_strongest"] == pytest.approx(np.mean(np.subtract(fair_auc("gcnn D4"),
+                                                                                          strongest)))
+    assert (rows.at["gcnn D4", "strongest_ci_low"], rows.at["gcnn D4", "strongest_ci_high"]) == pytest.approx(
+        tuple(d4.confidence_interval(0.95)))
+    raw = [scipy_stats.ttest_rel(fair_auc("gcnn C4"), strongest).pvalue,
+           scipy_stats.ttest_rel(fair_auc("gcnn C4", tta=True), strongest).pvalue, d4.pvalue]
+    assert rows.loc[["gcnn C4", "gcnn C4 +TTA", "gcnn D4"], "p_holm_vs_strongest"].tolist() == pytest.approx(
+        _holm_by_hand(raw))
+    assert rows.loc[["cnn", "cnn +d4", "cnn +d4 +TTA"], "p_holm_vs_strongest"].isna().all()  # not in that family
+
+
+def test_cost_is_a_multiple_of_the_plain_cnns_and_said_in_the_sentence(fair):
+    rows = fair.set_index("name")
+    assert rows.at["gcnn D4", "train_time_ratio"] == pytest.approx(4.1)
+    assert rows.at["gcnn D4", "eval_time_ratio"] == pytest.approx(1000 / 150)
+    assert rows.at["gcnn D4", "params_ratio"] == pytest.approx(0.98)
+    d4 = [w for w in final.findings(fair, "classification") if w.startswith("gcnn D4:")][0]
+    assert "over 5 paired seeds, at 4.1x the training time and 6.7x the evaluation time of cnn, equal parameters." \
+        in d4
+
+
+def test_the_answer_names_the_best_model_its_interval_holm_the_tta_baseline_and_the_cost(fair):
+    rows = fair.set_index("name")
+    low, high = rows.at["gcnn D4", "delta_ci_low"], rows.at["gcnn D4", "delta_ci_high"]
+    s_low, s_high = rows.at["gcnn D4", "strongest_ci_low"], rows.at["gcnn D4", "strongest_ci_high"]
+    assert answer.answer(fair, "classification") == (
+        f"Answer: gcnn D4 has the best mean test AUC, 0.841: +0.031 over cnn (95 % CI [{low:+.3f}, {high:+.3f}], "
+        "p_Holm < 0.001 over the 6 comparisons with cnn, 5 paired seeds), which survives Holm's correction. "
+        "Against the strongest plain competitor, cnn +d4 +TTA (0.826), it is +0.015 (95 % CI "
+        f"[{s_low:+.3f}, {s_high:+.3f}], p_Holm < 0.001): it still wins. It costs 4.1x the training time and "
+        "6.7x the evaluation time of cnn, equal parameters.")
+
+
+def test_the_answer_says_when_the_evidence_is_weak(fair_db):
+    jobs, trials = reports.load(fair_db), load_trials(fair_db)
+    few = final.final_table(jobs[jobs["seed"] < 3], trials, "classification", [])
+    words = answer.answer(few, "classification")
+    assert words.endswith("The evidence is weak: only 3 seeds.")
+
+
+def test_the_answer_says_when_a_plain_model_wins(fair_db):
+    jobs, trials = reports.load(fair_db), load_trials(fair_db)
+    without_d4 = final.final_table(jobs[jobs["group"] != "D4"], trials, "classification", [])
+    words = answer.answer(without_d4, "classification")
+    assert words.startswith("Answer: cnn +d4 +TTA has the best mean test AUC, 0.826: no equivariant model beats the "
+                            "plain models here. The best one, gcnn C4 +TTA, is -0.008 against it (95 % CI [")
+    assert words.endswith("at 3.0x the training time and 32.0x the evaluation time of cnn, equal parameters.")
+
+
+def test_the_answer_without_a_tta_baseline_says_so(table):
+    words = answer.answer(table, "classification")
+    assert words.startswith("Answer: gcnn D4 has the best mean test AUC, 0.831: +0.022 over cnn")
+    assert "No augmented or TTA plain model scores higher than cnn. No TTA baseline was recorded" in words
+
+
+def test_reliability_pools_each_models_bins_over_its_seeds(fair_db, fair):
+    bins = final.reliability(fair, reports.load(fair_db))
+    assert bins["name"].unique().tolist() == ["cnn", "cnn +d4", "gcnn C4", "gcnn D4"]  # no TTA rows
+    cnn = bins[bins["name"] == "cnn"]
+    assert cnn[["bin", "n", "p", "y"]].to_numpy().ravel() == pytest.approx([1, 200, 0.15, 0.30, 8, 300, 0.85, 0.70])
+    assert cnn["ece"].iloc[0] == pytest.approx(fair_ece("cnn")) == pytest.approx(0.15)
+    figure = study_figures.calibration(bins)
+    assert len(figure.axes[0].get_lines()) == 5  # the diagonal and one line per model
+    assert "cnn (ECE 0.150)" in [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+
+
+def test_pareto_front_keeps_the_models_nothing_beats_on_both_cost_and_score():
+    cost, score = np.array([10.0, 10.5, 30.0, 41.0, 12.0]), np.array([0.81, 0.826, 0.812, 0.841, 0.80])
+    assert study_figures.pareto_front(cost, score, lower_is_cheaper=True).tolist() == [0, 1, 3]
+    speed = np.array([1000.0, 125.0, 250.0, 150.0])
+    assert study_figures.pareto_front(speed, np.array([0.82, 0.826, 0.81, 0.841]), False).tolist() == [0, 3]
+
+
+def test_cost_and_forest_figures_show_the_plain_variants_and_the_strongest_line(fair):
+    figure = study_figures.cost(fair, "classification")
+    assert [ax.get_xscale() for ax in figure.axes] == ["log", "log"]
+    assert len(figure.axes[0].containers) == 7  # one marker with its interval per row
+    forest = study_figures.forest(fair, "classification").axes[0]
+    assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == pytest.approx(0.016)
+               for line in forest.get_lines())
+    assert [t.get_text() for t in forest.get_yticklabels()][-1] == "gcnn D4"
+    colors = [container.lines[0].get_color() for container in forest.containers]
+    assert colors == ["C2", "C2", "C2", "0.35", "0.35", "C2"]  # the C4 rows are not significant after Holm
+
+
+def test_fair_report_opens_with_the_answer_and_draws_cost_and_calibration(fair_rendered):
+    out, report = fair_rendered
+    assert {"forest", "cost", "calibration"} <= {p.stem for p in (out / FAIR_NAME).glob("*.png")}
+    page = (out / "report.html").read_text()
+    section = page[page.index(f'<section id="{FAIR_NAME}">'):]
+    assert section.index('<p class="answer">Answer: gcnn D4') < section.index('<p class="status">')
+    assert report.summary.index("**Answer: gcnn D4") < report.summary.index("Jobs: done 20.")
+    assert "No +TTA row for gcnn D4: its group contains all eight rot90/flips" in report.summary
+    assert "95 % bootstrap interval over test patches [0.810, 0.850]" in report.summary
+
+
+@pytest.mark.parametrize("suffix", ["md", "csv", "tex"])
+def test_fair_table_matches_the_stored_reference(fair_rendered, suffix):
+    out, _ = fair_rendered
+    produced = (out / FAIR_NAME / f"table.{suffix}").read_text()
+    reference = REFERENCE / f"report_{FAIR_NAME}.{suffix}"
+    if os.environ.get("UPDATE_REFERENCE") == "1":
+        reference.write_text(produced)
+    assert produced == reference.read_text(), f"{reference} differs; see the module docstring to regenerate"

@@ -136,3 +136,10 @@ def test_end_of_job_records_tta_for_a_plain_cnn_but_not_for_a_d4_model(cnn):
     d4 = extra_metrics.end_of_job(_config("gcnn", "D4"), cnn, split, CPU, labels, probs)
     assert not any(name.startswith(("test_tta", "tta_")) for name in d4) and "test_ece" in d4
     assert extra_metrics.end_of_job(replace(_config(), task="segmentation"), cnn, split, CPU, labels, probs) == {}
+
+
+@pytest.mark.parametrize("group", ["trivial", "flip", "C4", "C8", "D2", "D4", "D6", "D8", "D12", "SO2", "O2"])
+def test_the_reports_torch_free_reading_of_a_group_agrees_with_the_jobs(group):
+    from reports.study_report import _d4
+
+    assert _d4(group) == extra_metrics.d4_invariant(_config("cnn" if group == "trivial" else "gcnn", group))
