@@ -14,10 +14,10 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 
-def install(session: nox.Session) -> None:
-    """Install exactly what uv.lock pins (project + dev group) into the session's virtualenv."""
+def install(session: nox.Session, *groups: str) -> None:
+    """Install exactly what uv.lock pins (project + dev group, + `groups`) into the session's virtualenv."""
     session.run_install(
-        "uv", "sync", "--frozen", "--group", "dev", "--inexact",
+        "uv", "sync", "--frozen", "--group", "dev", *(a for g in groups for a in ("--group", g)), "--inexact",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
         silent=True,
     )
@@ -44,8 +44,22 @@ def browser(session: nox.Session) -> None:
     if shutil.which("chromium") is None:
         session.run("apt-get", "update", "-qq", external=True)
         session.run("apt-get", "install", "-y", "-qq", "chromium", external=True)
-    install(session)
+    install(session, "docs")  # tests/test_docs_browser.py builds the documentation site and opens it
     session.run("pytest", "-q", "-ra", "-m", "browser", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs.yml -> runs/site/), strict: a broken link, anchor or API reference fails the build.
+
+    The reference pages are generated during the build (docs/hooks/); `nox -s docs -- serve` previews it instead.
+    """
+    install(session, "docs")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        # The theme's banner about its successor is advice for maintainers, not a build result: keep CI's log short.
+        session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
