@@ -196,3 +196,14 @@ def test_prefetch_reraises_errors_from_the_reader_thread():
 
     with pytest.raises(DataError, match="disk gone"):
         list(iterate_batches(Broken(), 4, True, seed=0, epoch=0, prefetch=True))
+
+
+def test_a_small_in_memory_subset_is_copied_and_converts_nothing(tmp_path):
+    from runner.data.batches import ArraySplit
+    from runner.data.shared import PRIVATE_MAX_BYTES
+    assert SIZES["train"] * 96 * 96 * 3 <= PRIVATE_MAX_BYTES  # small enough for a private copy
+    write_pcam(tmp_path / "pcam")
+    splits = load_splits("classification", spec(tmp_path / "pcam", in_memory=True), tmp_path / "cache")
+    assert all(isinstance(s, ArraySplit) for s in (splits.train, splits.valid, splits.test))
+    assert not list((tmp_path / "cache").rglob("*.npy"))
+    assert splits.description.endswith("; in memory")

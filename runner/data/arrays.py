@@ -14,7 +14,8 @@ import numpy as np
 from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential
 
-from runner.data.batches import ArraySplit, H5Split, Split, Splits
+from runner.data import shared
+from runner.data.batches import ArraySplit, H5Split, MappedSplit, Split, Splits
 from runner.data.errors import DataError
 from runner.data.pcam import SPLITS, select_rows
 
@@ -236,17 +237,20 @@ def load_user_segmentation(source: str, location: Path, tile: int, seed: int, ca
 
 
 def load_nuclei_files(folder: Path, seed: int, caps: dict[str, int], fraction: float, in_memory: bool) -> Splits:
-    """The synthetic nuclei_{split}.h5 files (keys `image`, `mask`) -> Splits."""
+    """The synthetic nuclei_{split}.h5 files (keys `image`, `mask`) -> Splits (large ones mapped, as for PCam)."""
     splits = {}
     for split in SPLITS:
         path = folder / f"nuclei_{split}.h5"
         with h5py.File(path, "r") as f:
-            n, size = f["mask"].shape[0], f["mask"].shape[1]
+            n, size, row_bytes = f["mask"].shape[0], f["mask"].shape[1], f["image"][0].nbytes + f["mask"][0].nbytes
             rows = select_rows(np.zeros(n, np.int64), seed, split, caps[split],
                                fraction if split == "train" else 1.0)
-            if in_memory:
+            if in_memory and not shared.worth_mapping(len(rows) * row_bytes):
                 splits[split] = ArraySplit(f["image"][...][rows], f["mask"][...][rows], None)
-        if not in_memory:
+        if in_memory and split not in splits:
+            splits[split] = MappedSplit(shared.mapped_array(path, "image", folder),
+                                        shared.mapped_array(path, "mask", folder), rows, None)
+        elif not in_memory:
             splits[split] = H5Split((path, "image"), (path, "mask"), rows, None, target_shape=(size, size))
     counts = ", ".join(f"{s} {len(splits[s]):,}" for s in SPLITS)
     mode = "in memory" if in_memory else "streamed"

@@ -63,6 +63,42 @@ class ArraySplit(Split):
         return to_batch(self.images[indices], self.targets[indices])
 
 
+class MappedSplit(Split):
+    """A split read from arrays mapped from disk (see runner.data.shared): `rows` selects the subset.
+
+    `images` (N, H, W, 3) and `targets` (N,) or (N, H, W) index the whole file, so every worker maps the same
+    pages; a batch gathers only its own rows. Pickles as the file's path, not its contents.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, rows: np.ndarray, labels: np.ndarray | None) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"images ({len(images)}) and targets ({len(targets)}) differ in length")
+        self.images, self.targets, self.labels = images, targets, labels
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "images": _mapped_name(self.images), "targets": _mapped_name(self.targets)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in ("images", "targets"):
+            if isinstance(state[name], Path):
+                setattr(self, name, np.load(state[name], mmap_mode="r").view(np.ndarray))
+
+    def get_batch(self, indices: np.ndarray) -> Batch:
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        return to_batch(self.images[rows], self.targets[rows])
+
+
+def _mapped_name(array: np.ndarray) -> np.ndarray | Path:
+    """The file behind a mapped array (so pickling sends a path, not gigabytes), else the array itself."""
+    base = array.base if isinstance(array.base, np.memmap) else None
+    return Path(base.filename) if base is not None and base.filename else array
+
+
 class H5Split(Split):
     """A split streamed from HDF5: `rows` (sorted file rows) selects the subset; one handle per process.
 

@@ -1,7 +1,8 @@
 """PatchCamelyon in its published HDF5 format: validation, one-time gunzip into the cache, stratified subsets.
 
 Files in `root`: camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5 (or .h5.gz). `x`: (N, 96, 96, 3) uint8,
-`y`: (N, 1, 1, 1) uint8 with labels in {0, 1}. The full train split is 7 GB: only the selected rows are read.
+`y`: (N, 1, 1, 1) uint8 with labels in {0, 1}. The full train split is 7 GB: a small subset is read row by row
+into the worker; a larger one is mapped from a .npy copy in the cache that every worker on the node shares.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from runner.data.batches import ArraySplit, H5Split, Split, Splits, read_rows
+from runner.data import shared
+from runner.data.batches import ArraySplit, H5Split, MappedSplit, Split, Splits, read_rows
 from runner.data.errors import DataError
 from runner.faults import space_for
 
@@ -250,12 +252,26 @@ def select_rows(labels: np.ndarray, seed: int, split: str, cap: int, fraction: f
 
 # ---- loading -----------------------------------------------------------------------------------------------------
 
-def load_split(files: SplitFiles, rows: np.ndarray, labels: np.ndarray, in_memory: bool) -> Split:
+def load_split(files: SplitFiles, rows: np.ndarray, labels: np.ndarray, in_memory: bool, cache: Path) -> Split:
+    """Streamed from HDF5, or in memory: a small subset copied into this worker, a large one mapped and shared."""
     if not in_memory:
         return H5Split((files.x, "x"), (files.y, "y"), rows, labels[rows])
+    if not shared.worth_mapping(len(rows) * _row_bytes(files.x)):
+        return private_split(files, rows, labels)
+    images = shared.mapped_array(files.x, "x", cache, _progress_reporter)
+    return MappedSplit(images, labels.astype(np.int64), rows, labels[rows])
+
+
+def private_split(files: SplitFiles, rows: np.ndarray, labels: np.ndarray) -> ArraySplit:
+    """The selected rows read into this process's memory (the only in-memory path before the shared one)."""
     with h5py.File(files.x, "r") as f:
         images = read_rows(f["x"], rows)
     return ArraySplit(images, labels[rows].astype(np.int64), labels[rows])
+
+
+def _row_bytes(path: Path) -> int:
+    with h5py.File(path, "r") as f:
+        return int(np.prod(f["x"].shape[1:])) * f["x"].dtype.itemsize
 
 
 def load_pcam(root: Path, cache: Path, caps: dict[str, int], fraction: float, seed: int, in_memory: bool,
@@ -267,12 +283,16 @@ def load_pcam(root: Path, cache: Path, caps: dict[str, int], fraction: float, se
         n = check_pair(files[split])
         labels = read_labels(files[split].y)
         rows = select_rows(labels, seed, split, caps[split], fraction if split == "train" else 1.0)
-        splits[split] = load_split(files[split], rows, labels, in_memory)
+        splits[split] = load_split(files[split], rows, labels, in_memory, cache)
         parts.append(f"{split} {len(rows):,}" + (f" of {n:,}" if len(rows) < n else ""))
     size = _image_side(files["train"].x)
-    mode = "in memory" if in_memory else "streamed"
+    mode = _mode(splits["train"])
     text = f"{name} ({root}): {', '.join(parts)}; fraction {fraction:g}; {size}x{size}; {mode}"
     return Splits(splits["train"], splits["valid"], splits["test"], text)
+
+
+def _mode(split: Split) -> str:
+    return {MappedSplit: "in memory, mapped and shared", H5Split: "streamed"}.get(type(split), "in memory")
 
 
 def _image_side(path: Path) -> int:
