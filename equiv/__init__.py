@@ -59,7 +59,7 @@ def build_model(family: str, group: str, in_channels: int, num_outputs: int, **h
         raise ModelConfigError(f"family {family!r} has no symmetry: group must be 'trivial', got {group!r}; "
                                f"use family {'g' + family!r} for {group!r}")
     if family in ("unet", "gunet"):
-        from equiv.unet import build_unet
+        from equiv.segmentation import build_unet
 
         return build_unet(family, parsed, in_channels, num_outputs, **hparams)
     config = _validated(in_channels, num_outputs, hparams)

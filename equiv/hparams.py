@@ -1,7 +1,7 @@
 """The allowed values of the model hyperparameters, in one place.
 
 The spec validator (runner.spec.parse, runner.spec.json_schema) and the model constructors (equiv.build_model,
-equiv.unet.build_unet) both read these, so a spec that validates is a model that builds: before, the spec took
+equiv.segmentation.build_unet) both read these, so a spec that validates is a model that builds: before, the spec took
 `dropout = 1.0` and every job then failed in the constructor, which allowed only dropout < 1.
 
 Standard library only: validating a spec must not import torch or escnn.

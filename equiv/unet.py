@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equiv.groups import Group
+from equiv.group_names import Group
 from equiv.hparams import MATCH_MODES, SEGMENTERS, problems as bad_hparams
 
 FAMILIES = SEGMENTERS
@@ -45,37 +45,7 @@ class UNetConfig:
         return [self.width * 2**level for level in range(self.depth + 1)]
 
 
-def build_unet(
-    family: str,
-    group: Group,
-    in_channels: int,
-    num_outputs: int,
-    *,
-    width: int = 8,
-    depth: int = 3,
-    kernel_size: int = 3,
-    dropout: float = 0.0,
-    match: str = "params",
-    max_frequency: int = 3,
-) -> nn.Module:
-    """A U-Net mapping (B, in_channels, H, W) floats to (B, num_outputs, H, W) logits, H and W divisible by 2**depth.
-
-    `unet` needs the trivial group. `gunet` is equivariant to `group`; match="params" sizes it to within 10 % of the
-    plain U-Net's parameter count, match="channels" gives it as many fields per level as the plain one has channels.
-    The default width 8 keeps the default models near 120k parameters (a width-16 U-Net has ~490k), for CPU runs.
-    """
-    config = UNetConfig(family, group, in_channels, num_outputs, width, depth, kernel_size, dropout, match,
-                        max_frequency)
-    _validate(config)
-    if family == "unet":
-        return _build_plain(config)
-    # Imported here: equiv.gunet builds on this module, and escnn is only needed for the equivariant family.
-    from equiv.gunet import GUNet
-
-    return GUNet(config)
-
-
-def _validate(c: UNetConfig) -> None:
+def validate(c: UNetConfig) -> None:
     """Collect every problem first, then raise one error listing them all."""
     problems = []
     if c.family not in FAMILIES:
@@ -99,7 +69,7 @@ def _validate(c: UNetConfig) -> None:
 class UNet(nn.Module):
     """Encoder blocks (the last is the bottleneck), decoder blocks taking cat(up-sampled, skip), a 1x1 head.
 
-    Blocks are any torch modules; `build_unet("unet", ...)` fills them with conv-BN-ReLU pairs and `GUNet.export()`
+    Blocks are any torch modules; `equiv.segmentation.build_unet("unet", ...)` fills them with conv-BN-ReLU pairs and `GUNet.export()`
     with the exported steerable blocks.
     """
 
@@ -145,7 +115,7 @@ def check_input(x: torch.Tensor, in_channels: int, depth: int) -> None:
         )
 
 
-def _build_plain(c: UNetConfig) -> UNet:
+def build_plain(c: UNetConfig) -> UNet:
     channels = c.plain_channels()
     encoders = [_plain_block(c.in_channels if lvl == 0 else channels[lvl - 1], channels[lvl], c)
                 for lvl in range(c.depth + 1)]
@@ -197,5 +167,5 @@ def _plain_unit(kernel_size: int) -> ParamUnit:
 
 
 def plain_parameters(c: UNetConfig) -> int:
-    """The parameter count of the plain U-Net `build_unet("unet", ...)` gives for `c`."""
+    """The parameter count of the plain U-Net `equiv.segmentation.build_unet("unet", ...)` gives for `c`."""
     return skeleton_parameters(c.plain_channels(), _plain_unit(c.kernel_size), c.in_channels, c.num_outputs)

@@ -19,7 +19,8 @@ import torch
 
 from equiv import ModelConfigError, build_model, parse_group
 from equiv.hparams import RULES, Rule, rules_for
-from equiv.unet import UNetConfigError, build_unet
+from equiv.segmentation import build_unet
+from equiv.unet import UNetConfigError
 from runner.spec.config import ModelSpec
 from runner.spec.identity import expand
 from runner.spec import SpecError, parse_spec

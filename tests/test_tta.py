@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 import equiv
 from runner.data.batches import ArraySplit
 from runner.training import extra_metrics
-from runner.training.loop import predict
+from runner.training.predict import predict
 from tests.report_fixtures import job_config
 
 CPU = torch.device("cpu")

@@ -12,7 +12,8 @@ from equiv import count_params
 from equiv.checks import equivariance_errors
 from equiv.groups import GridElement, parse_group
 from equiv.gunet import PARAM_TOLERANCE, field_counts, predicted_parameters
-from equiv.unet import UNetConfig, UNetConfigError, UNetInputError, build_unet
+from equiv.segmentation import build_unet
+from equiv.unet import UNetConfig, UNetConfigError, UNetInputError
 
 # O2 (Fourier fields over 32 group samples) is the slowest to run: checked by the heavy session only.
 EQUIVARIANT_GROUPS = ["flip", "C4", "D4", "C8", "SO2", pytest.param("O2", marks=pytest.mark.heavy)]

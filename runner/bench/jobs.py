@@ -31,7 +31,7 @@ from runner.bench.models import torch_threads
 from runner.data import iterate_batches, load_splits
 from runner.spec import read_spec
 from runner.spec.identity import expand
-from runner.training.loop import PIXEL_MAX, normalise
+from runner.training.predict import PIXEL_MAX, normalise
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 import equiv
 from equiv.cnn import BlurPool2d, GridAvgPool2d
 from runner.data.batches import to_batch
-from runner.training.loop import normalise, prepare
+from runner.training.predict import normalise, prepare
 
 KINDS = ("convolution", "basis expansion", "pooling", "normalisation", "nonlinearity", "head", "loss",
          "backward bookkeeping", "optimiser", "data")

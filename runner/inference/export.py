@@ -143,7 +143,7 @@ def input_size(config: JobConfig) -> int:
 def verification_inputs(config: JobConfig, root: Path) -> torch.Tensor:
     """Normalised held-out test patches; tissue-like noise of the right size when the data is not at hand."""
     from runner.data import DataError, load_splits
-    from runner.training.loop import PIXEL_MAX, normalise
+    from runner.training.predict import PIXEL_MAX, normalise
 
     try:
         split = load_splits(config.task, config.data, root / "data").test
@@ -230,7 +230,7 @@ def symmetry_of(module: torch.nn.Module, config: JobConfig, x: torch.Tensor) -> 
 
 def describe_job(request: ExportRequest, job: JobModel, config: JobConfig) -> dict[str, Any]:
     """What a user of the artifact needs besides the measurements: input, scale, classes, where it came from."""
-    from runner.training.loop import INPUT_MEAN, INPUT_STD, PIXEL_MAX
+    from runner.training.predict import INPUT_MEAN, INPUT_STD, PIXEL_MAX
     from runner.training.provenance import git_state
 
     db = Database(request.db_url, create=False)

@@ -25,6 +25,7 @@ from equiv.groups import GridElement, grid_elements, parse_group
 from runner.data.batches import Split
 from runner.spec.config import JobConfig
 from runner.training.metrics import classification_metrics
+from runner.training.predict import predict
 
 BINS = 10
 RESAMPLES = 1_000
@@ -77,10 +78,6 @@ def tta_probabilities(config: JobConfig, model: torch.nn.Module, split: Split,
                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Labels and the mean P(tumour) over the eight rot90/flip copies of each test patch, through the job's own
     prediction code (same batches, normalisation and precision as its plain test metrics)."""
-    from runner.training.loop import (
-        predict,  # here, not at the top: runner.training.loop calls this module
-    )
-
     elements = grid_elements(parse_group("D4"))
     total, labels = None, None
     for element in elements:

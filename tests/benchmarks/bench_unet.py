@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore", message=".*py3nj.*")
 from equiv.checks import equivariance_errors  # noqa: E402
 from equiv.groups import parse_group  # noqa: E402
 from equiv import count_params  # noqa: E402
-from equiv.unet import build_unet  # noqa: E402
+from equiv.segmentation import build_unet  # noqa: E402
 from runner.training.metrics import dice_bce_loss  # noqa: E402
 
 CASES = [("unet", "trivial"), ("gunet", "C4"), ("gunet", "D4")]
