@@ -166,3 +166,30 @@ def test_architecture_limits_are_checked_before_running():
     seg = {"experiment": {"name": "s", "task": "segmentation"}, "data": {"image_size": 96},
            "model": [{"family": "unet", "depth": 6}]}
     assert "divisible by 64" in problems_of(seg)["model[0].depth"]
+
+
+def _search_problems(search: dict) -> dict[str, str]:
+    """The problems of a spec whose [search] holds `search` (none when it is valid)."""
+    raw = {**MINIMAL, "search": {"trials": 2, "space": {"train.lr": {"choice": [1e-3, 3e-3]}}, **search}}
+    try:
+        parse_spec(raw, "bad.toml")
+    except SpecError as exc:
+        return dict(exc.problems)
+    return {}
+
+
+def test_the_schema_and_the_validator_agree_on_every_plain_search_key():
+    # Both read one table (SEARCH_SCALARS): walk what the schema says and check the validator says the same.
+    properties = json_schema()["properties"]["search"]["properties"]
+    for key, schema in properties.items():
+        if "enum" in schema and key != "metric":
+            assert all(f"search.{key}" not in _search_problems({key: v}) for v in schema["enum"]), key
+            assert f"search.{key}" in _search_problems({key: "not-" + schema["enum"][0]}), key
+        elif schema.get("type") == "integer":
+            low = schema["minimum"]
+            assert f"search.{key}" not in _search_problems({key: low}), key
+            assert f"search.{key}" in _search_problems({key: low - 1}), key
+            assert f"search.{key}" in _search_problems({key: 1.5}), key
+    final = json_schema()["properties"]["final"]["properties"]["epochs"]["minimum"]
+    raw = {**MINIMAL, "final": {"seeds": [0], "epochs": final - 1}}
+    assert "final.epochs" in problems_of(raw)

@@ -54,23 +54,24 @@ def _distribution() -> dict[str, Any]:
 
 def search_schema() -> dict[str, Any]:
     metrics = {"enum": list(S.METRIC_DIRECTIONS)}
-    return {"type": "object", "additionalProperties": False, "properties": {
-        "sampler": {"enum": list(S.SAMPLERS), "default": "tpe"},
-        "trials": {"type": "integer", "minimum": 1},
-        "seed": {"type": "integer", "minimum": 0, "default": 0},
-        "prune": {"enum": list(S.PRUNERS), "default": "none"},
-        "min_epochs": {"type": "integer", "minimum": 1, "default": 1},
-        "reduction_factor": {"type": "integer", "minimum": 2, "default": 3},
-        "metric": metrics,
-        "startup_trials": {"type": "integer", "minimum": 0, "default": 5},
-        "space": {"type": "object", "additionalProperties": _distribution()},
-    }}
+    special = {"trials": {"type": "integer", "minimum": S.TRIALS_LOW}, "metric": metrics,
+               "space": {"type": "object", "additionalProperties": _distribution()}}
+    properties = {key: special[key] if key in special else _search_scalar(S.SEARCH_SCALARS[key])
+                  for key in S.SEARCH_KEYS}
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def _search_scalar(rule: S.Scalar) -> dict[str, Any]:
+    """The schema of one of [search]'s plain keys, from the table the validator checks them with."""
+    if rule.allowed:
+        return {"enum": list(rule.allowed), "default": rule.default}
+    return {"type": "integer", "minimum": rule.low, "default": rule.default}
 
 
 def final_schema() -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "required": ["seeds"], "properties": {
         "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-        "epochs": {"type": "integer", "minimum": 1},
+        "epochs": {"type": "integer", "minimum": S.FINAL_EPOCHS.low},
         "select": {"enum": list(S.METRIC_DIRECTIONS)},
         "per": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": list(S.DEFAULT_PER)},
     }}

@@ -122,13 +122,8 @@ def parse_search(table: Any, where: str, task: str | None, problems: Problems) -
     for key in table:
         if key not in SEARCH_KEYS:
             problems.append((f"{where}.{key}", f"unknown key; allowed in [search]: {', '.join(SEARCH_KEYS)}"))
-    values = {
-        "sampler": _choice(table, "sampler", SAMPLERS, "tpe", where, problems),
-        "seed": _integer(table, "seed", 0, 0, where, problems),
-        "prune": _choice(table, "prune", PRUNERS, "none", where, problems),
-        "min_epochs": _integer(table, "min_epochs", 1, 1, where, problems),
-        "reduction_factor": _integer(table, "reduction_factor", 3, 2, where, problems),
-        "startup_trials": _integer(table, "startup_trials", 5, 0, where, problems),
+    values = {key: rule.parse(table, key, where, problems) for key, rule in SEARCH_SCALARS.items()}
+    values |= {
         "metric": _metric(table.get("metric", DEFAULT_METRIC.get(task or "", "valid_auc")), task, f"{where}.metric",
                           problems),
     }
@@ -139,20 +134,36 @@ def parse_search(table: Any, where: str, task: str | None, problems: Problems) -
     return SearchSpec(trials=trials, space=tuple(sorted(space.items())), **values)
 
 
-def _choice(table, key, allowed, default, where, problems) -> str:
-    value = table.get(key, default)
-    if value not in allowed:
-        problems.append((f"{where}.{key}", f"got {value!r}; allowed: {', '.join(allowed)}"))
-        return default
-    return value
+@dataclass(frozen=True)
+class Scalar:
+    """One plain key of [search]: a choice among `allowed`, or an integer >= `low`; its default. The validator and the
+    JSON Schema (runner/spec/json_schema.py) both read SEARCH_SCALARS, so what a spec may say is written once."""
+
+    default: Any
+    allowed: tuple[str, ...] = ()
+    low: int | None = None
+
+    def parse(self, table: dict[str, Any], key: str, where: str, problems: Problems) -> Any:
+        value = table.get(key, self.default)
+        if self.allowed and value not in self.allowed:
+            problems.append((f"{where}.{key}", f"got {value!r}; allowed: {', '.join(self.allowed)}"))
+            return self.default
+        if self.low is not None and (not is_int(value) or value < self.low):
+            problems.append((f"{where}.{key}", f"expected an integer >= {self.low}, got {value!r}"))
+            return self.default
+        return value
 
 
-def _integer(table, key, default, low, where, problems) -> int:
-    value = table.get(key, default)
-    if not is_int(value) or value < low:
-        problems.append((f"{where}.{key}", f"expected an integer >= {low}, got {value!r}"))
-        return default
-    return value
+SEARCH_SCALARS = {
+    "sampler": Scalar("tpe", allowed=SAMPLERS),
+    "seed": Scalar(0, low=0),
+    "prune": Scalar("none", allowed=PRUNERS),
+    "min_epochs": Scalar(1, low=1),
+    "reduction_factor": Scalar(3, low=2),
+    "startup_trials": Scalar(5, low=0),
+}
+FINAL_EPOCHS = Scalar(0, low=1)  # [final] epochs; 0 (absent) keeps each job's train.epochs
+TRIALS_LOW = 1  # `trials` has no default: a grid sampler counts its points, the others need it said
 
 
 def _metric(value: Any, task: str | None, where: str, problems: Problems) -> str:
@@ -177,8 +188,8 @@ def _trials(table, sampler: str, space: dict[str, Distribution], where: str, pro
             problems.append((f"{where}.trials", f"got {trials}; the grid has only {size} points"))
     else:
         trials = table.get("trials", 10)
-    if not is_int(trials) or trials < 1:
-        problems.append((f"{where}.trials", f"expected an integer >= 1, got {trials!r}"))
+    if not is_int(trials) or trials < TRIALS_LOW:
+        problems.append((f"{where}.trials", f"expected an integer >= {TRIALS_LOW}, got {trials!r}"))
         return 1
     return trials
 
@@ -285,7 +296,7 @@ def parse_final(table: Any, task: str | None, search_metric: str | None, problem
             len(set(seeds)) != len(seeds):
         problems.append(("final.seeds", f"expected a non-empty list of distinct integers >= 0 (e.g. [0, 1, 2, 3, 4]), "
                          f"got {seeds!r}"))
-    epochs = _integer(table, "epochs", 0, 1, "final", problems) if "epochs" in table else 0
+    epochs = FINAL_EPOCHS.parse(table, "epochs", "final", problems) if "epochs" in table else 0
     default = search_metric or DEFAULT_METRIC.get(task or "", "valid_auc")
     select = _metric(table.get("select", default), task, "final.select", problems)
     per = _parse_per(table.get("per", list(DEFAULT_PER)), problems)
