@@ -88,3 +88,19 @@ def test_bench_command_prints_one_table_and_writes_json(tmp_path):
     assert [row["group"] for row in results["models"]] == ["trivial (cnn)", "C4", "D4"]
     assert results["overhead"]["overhead"] > 0 and results["workers"]["cpu_ratio"] > 0
     assert set(results["profile"]) == {"cnn", "D4"}
+
+
+def test_profile_step_prints_nothing_of_the_profilers_own_on_stderr():
+    # torch's profiler backend (Kineto) logs each profile to stderr and, on a machine without a GPU, an ERROR
+    # "gpuGetDeviceCount failed with code 35": a fresh process, since Kineto reads its log level once, at its start.
+    import os
+    import subprocess
+    import sys
+
+    code = ("from runner.bench.profile import profile_step\n"
+            "profile_step('cnn', 'trivial', batch=2, image=16, steps=1, width=4, depth=1)\n")
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "gpuGetDeviceCount" not in result.stderr
+    assert "profiler_start" not in result.stderr, result.stderr

@@ -8,6 +8,7 @@ from the basis coefficients, in training mode) is "basis expansion".
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 
@@ -101,6 +102,17 @@ def breakdown(events) -> dict[str, float]:
     return dict(totals)
 
 
+KINETO_SILENT = "6"  # above libkineto's highest level (VERBOSE 0 .. ERROR 4, USDT 5): it prints nothing
+
+
+def quiet_kineto() -> None:
+    """Silence torch's profiler backend (Kineto) unless the user chose a level: it logs to stderr at every profile,
+    and on a machine without a GPU an ERROR "gpuGetDeviceCount failed with code 35" even for a CPU-only profile.
+    Kineto reads KINETO_LOG_LEVEL when it starts, at the first profile of the process, so this comes before it.
+    What we report comes from the profiler's events, never from its log."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_SILENT)
+
+
 def profile_step(family: str, group: str, batch: int = 64, image: int = 96, steps: int = 2,
                  **hparams) -> dict[str, float]:
     """Share of a training step's wall time per kind (and 'other'), for one model (default hparams unless given)."""
@@ -125,6 +137,8 @@ def profile_step(family: str, group: str, batch: int = 64, image: int = 96, step
             optimiser.zero_grad(set_to_none=True)
 
     step()  # warm-up
+    quiet_kineto()
+    # CPU activity only (the step runs on the CPU); CUDA is never requested, so no device is probed for it.
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         started = time.perf_counter()
         for _ in range(steps):

@@ -38,6 +38,22 @@ def process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
+def is_alive(pid: int, start: int | None) -> bool:
+    """Whether process `pid`, started at `start` (clock ticks since boot), still runs on this host. Without a start
+    time (no /proc) the pid alone decides: a reused pid then counts as alive."""
+    if start is not None and Path("/proc").is_dir():
+        return process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def this_worker(index: int) -> WorkerId:
     return WorkerId(socket.gethostname(), os.getpid(), process_start(os.getpid()), index)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from runner.executors import liveness
+from runner.executors import liveness, registry
 from runner.faults import DatabaseAway, DiskFull
 from runner.spec import Spec
 from runner.spec.identity import config_from_dict
@@ -93,22 +93,32 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
     counts: dict[str, int] = {}
     keys = list(options.keys)
     peak = 0.0  # each job's peak starts at its own start; the worker's is the largest
-    while not stop.is_set():
-        _reclaim(db, options)
-        job = db.claim(options.experiment_id, keys, name)
-        if job is None:
-            keys = _more_work(db, options, stop)
-            if keys is None:
-                break
-            continue
-        status = run_one(db, job, name, device, options, stop, display)
-        counts[status] = counts.get(status, 0) + 1
-        peak = max(peak, peak_memory_mb(device))
+    # Runners started separately on this host divide its cores too: each job starts with this worker's share of
+    # them and takes it again every few seconds (runner/executors/registry.py).
+    threads_before, entry = torch.get_num_threads(), registry.register(options.worker_index)
+    share = registry.CoreShare(options.threads or threads_before)
+    try:
+        while not stop.is_set():
+            _reclaim(db, options)
+            job = db.claim(options.experiment_id, keys, name)
+            if job is None:
+                keys = _more_work(db, options, stop)
+                if keys is None:
+                    break
+                continue
+            share.take()
+            status = run_one(db, job, name, device, options, stop, display, share)
+            counts[status] = counts.get(status, 0) + 1
+            peak = max(peak, peak_memory_mb(device))
+        threads = share.fewest or torch.get_num_threads()
+    finally:
+        registry.unregister(entry)
+        torch.set_num_threads(threads_before)  # an in-process worker leaves its caller's threads as it found them
     if stop.is_set():
         counts["stopped"] = 1  # asked to stop: jobs may be left queued
     if display and counts:
         # Workers may share a GPU (--workers above the GPU count): what each needed says how many fit.
-        display.console.print(f"worker {options.worker_index} on {describe(device)} ({torch.get_num_threads()} CPU "
+        display.console.print(f"worker {options.worker_index} on {describe(device)} ({threads} CPU "
                               f"threads): {sum(counts.values())} jobs, peak memory {peak:.0f} MiB")
     return counts
 
@@ -148,14 +158,16 @@ def _prune_hook(db: Database, options: WorkerOptions, job_id: int, worker: str):
     return lambda epochs: search.prune_check(db, options.spec, options.experiment_id, job_id, worker, epochs)
 
 
-def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: StopFlag, display) -> str:
+def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: StopFlag, display,
+            share: registry.CoreShare | None = None) -> str:
     config = config_from_dict(json.loads(job.config_json))
     if display:
         display.job_started(job.label)
     # Every write below is owner-checked: a hook that finds the job gone raises LostJob and training stops there.
     hooks = loop.Hooks(
         record_epochs=lambda history: _record(db, job, name, history, display),
-        heartbeat=_throttled(lambda: db.heartbeat(job.job_id, name), options.heartbeat_every),
+        heartbeat=_each(_throttled(lambda: db.heartbeat(job.job_id, name), options.heartbeat_every),
+                        share.recheck if share else lambda: None),
         should_stop=stop.is_set,
         progress=(lambda info: display.batch(job.label, info)) if display else (lambda info: None),
         on_model=lambda params: db.set_provenance(job.job_id, name, params=params),
@@ -225,6 +237,13 @@ def _ended(display, label: str, status: str, summary: str) -> None:
 def _summary(final: dict[str, float]) -> str:
     shown = [k for k in ("test_accuracy", "test_auc", "test_dice", "test_iou") if k in final]
     return " ".join(f"{k}={final[k]:.3f}" for k in shown if final[k] is not None)
+
+
+def _each(*actions):
+    def call() -> None:
+        for action in actions:
+            action()
+    return call
 
 
 def _throttled(action, seconds: float):

@@ -61,8 +61,19 @@ def usable_cores() -> int:
 
 
 def threads_per_worker(workers: int) -> int:
-    """N workers on one machine divide its cores; each starting a full set of threads costs 1.6x the CPU time."""
+    """N workers on one machine divide its cores; each starting a full set of threads costs 1.6x the CPU time (two
+    runners of their own, 1.8x: each worker counts the host's live workers, runner/executors/registry.py)."""
     return max(1, usable_cores() // max(1, workers))
+
+
+def share_cores(live_workers: int, cap: int) -> int:
+    """At a job's start: this worker's share of the cores among the `live_workers` workers of this host (its own
+    pool's and other runners'), never above `cap` (the --workers share, or torch's own default). Intra-op threads
+    only: torch allows changing them between jobs, the inter-op pool only before the first parallel operation."""
+    threads = max(1, min(cap, threads_per_worker(live_workers)))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
 
 
 def limit_threads(threads: int) -> None:
