@@ -7,9 +7,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from runner.executors import liveness, registry
 from runner.store import Database
@@ -124,19 +126,33 @@ depth = 2
 """
 
 
-def test_two_runners_started_together_each_take_half_the_cores(tmp_path):
+def test_a_runner_started_beside_a_live_one_takes_half_the_cores(tmp_path):
+    # A job keeps the share it started with (its arithmetic must not change mid-job), so the runner that starts
+    # while another is registered is the one whose every job runs on half the cores.
     spec, root = tmp_path / "spec.toml", tmp_path / "runs"
     spec.write_text(FOUR_JOBS)
     root.mkdir()
     # The database first: two runners creating a fresh one at the same instant can race (a flake of its own, in
     # runner/store: "holds tables that are not a results database"), not what this test is about.
     Database(f"sqlite:///{root / 'results.db'}").engine.dispose()
-    env = {**os.environ, "CI": "true", "PYTHONWARNINGS": "ignore", registry.REGISTRY_ENV: str(tmp_path / "registry")}
-    procs = [subprocess.Popen([sys.executable, "-m", "runner", str(spec), "--root", str(root)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert sorted(p.returncode for p in procs) in ([0, 0], [0, 3]), outputs
+    folder = tmp_path / "registry"
+    env = {**os.environ, "CI": "true", "PYTHONWARNINGS": "ignore", registry.REGISTRY_ENV: str(folder)}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "runner", str(spec), "--root", str(root)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first = start()
+    deadline = time.monotonic() + 120
+    while not (folder.is_dir() and any(folder.iterdir())):
+        assert first.poll() is None and time.monotonic() < deadline, "the first runner never registered"
+        time.sleep(0.05)
+    second = start()
+    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert sorted(p.returncode for p in (first, second)) in ([0, 0], [0, 3]), outputs
     threads = [re.findall(r"worker 0 on cpu \((\d+) CPU threads\)", out) for out in outputs]
-    assert all(len(t) == 1 for t in threads), outputs
-    assert [int(t[0]) for t in threads] == [threads_per_worker(2)] * 2, outputs
-    assert list((tmp_path / "registry").iterdir()) == []  # each runner took its entry away
+    assert all(len(t) <= 1 for t in threads), outputs
+    if threads[1]:  # the second runner ran at least one job: all of them on its half
+        assert int(threads[1][0]) == threads_per_worker(2), outputs
+    assert threads[0] and int(threads[0][0]) <= torch.get_num_threads(), outputs
+    assert list(folder.iterdir()) == []  # each runner took its entry away

@@ -16,35 +16,27 @@ import json
 import os
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 from runner.executors import liveness
 from runner.training.device import share_cores
 
 REGISTRY_ENV = "RUNNER_REGISTRY_DIR"
-RECHECK_SECONDS = 2.0  # how often a running job looks again: a runner started during a long job gets its share soon
 
 
 class CoreShare:
-    """One worker's share of the host's cores, taken at each job's start and again every RECHECK_SECONDS of a job
-    (from the training loop's heartbeat, between batches): a job started a moment before another runner registered
-    would otherwise keep every core to its end. `fewest` is what the worker reports: its share while most shared."""
+    """One worker's share of the host's cores, taken at each job's start and kept for the whole job: changing a
+    running job's thread count would change its arithmetic in the last bits, and a CPU run's metrics are meant to be
+    reproducible. `fewest` is what the worker reports: its share while most shared."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap  # the --workers share, or torch's default: never above it
         self.fewest: int | None = None
-        self._taken = float("-inf")
 
     def take(self) -> int:
         threads = share_cores(live_workers(), self.cap)
         self.fewest = threads if self.fewest is None else min(self.fewest, threads)
-        self._taken = time.monotonic()
         return threads
-
-    def recheck(self) -> None:
-        if time.monotonic() - self._taken >= RECHECK_SECONDS:
-            self.take()
 
 
 def folder() -> Path:

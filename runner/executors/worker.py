@@ -94,7 +94,7 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
     keys = list(options.keys)
     peak = 0.0  # each job's peak starts at its own start; the worker's is the largest
     # Runners started separately on this host divide its cores too: each job starts with this worker's share of
-    # them and takes it again every few seconds (runner/executors/registry.py).
+    # them (runner/executors/registry.py).
     threads_before, entry = torch.get_num_threads(), registry.register(options.worker_index)
     share = registry.CoreShare(options.threads or threads_before)
     try:
@@ -107,7 +107,7 @@ def run_worker(options: WorkerOptions, stop: StopFlag, display=None) -> dict[str
                     break
                 continue
             share.take()
-            status = run_one(db, job, name, device, options, stop, display, share)
+            status = run_one(db, job, name, device, options, stop, display)
             counts[status] = counts.get(status, 0) + 1
             peak = max(peak, peak_memory_mb(device))
         threads = share.fewest or torch.get_num_threads()
@@ -158,16 +158,16 @@ def _prune_hook(db: Database, options: WorkerOptions, job_id: int, worker: str):
     return lambda epochs: search.prune_check(db, options.spec, options.experiment_id, job_id, worker, epochs)
 
 
-def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: StopFlag, display,
-            share: registry.CoreShare | None = None) -> str:
+def run_one(db: Database, job, name: str, device, options: WorkerOptions, stop: StopFlag, display) -> str:
     config = config_from_dict(json.loads(job.config_json))
     if display:
         display.job_started(job.label)
     # Every write below is owner-checked: a hook that finds the job gone raises LostJob and training stops there.
     hooks = loop.Hooks(
         record_epochs=lambda history: _record(db, job, name, history, display),
-        heartbeat=_each(_throttled(lambda: db.heartbeat(job.job_id, name), options.heartbeat_every),
-                        share.recheck if share else lambda: None),
+        # The core share is taken at the job's start only: a job's thread count, and so its arithmetic, stays
+        # fixed for its whole life, which keeps a CPU run's metrics reproducible.
+        heartbeat=_throttled(lambda: db.heartbeat(job.job_id, name), options.heartbeat_every),
         should_stop=stop.is_set,
         progress=(lambda info: display.batch(job.label, info)) if display else (lambda info: None),
         on_model=lambda params: db.set_provenance(job.job_id, name, params=params),
@@ -237,13 +237,6 @@ def _ended(display, label: str, status: str, summary: str) -> None:
 def _summary(final: dict[str, float]) -> str:
     shown = [k for k in ("test_accuracy", "test_auc", "test_dice", "test_iou") if k in final]
     return " ".join(f"{k}={final[k]:.3f}" for k in shown if final[k] is not None)
-
-
-def _each(*actions):
-    def call() -> None:
-        for action in actions:
-            action()
-    return call
 
 
 def _throttled(action, seconds: float):
