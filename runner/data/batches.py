@@ -39,6 +39,12 @@ class Splits:
     valid: Split
     test: Split
     description: str  # one line for logs and reports
+    # Classification: class names in label order (label k is classes[k]); the model gets len(classes) outputs.
+    # Segmentation: empty.
+    classes: tuple[str, ...] = ()
+    # How the splits were made, for the report (e.g. "predefined" or "stratified by label, grouped by slide, seed
+    # 0, assignment sha256 ab12..."); empty for the fixed synthetic and PCam splits.
+    split_note: str = ""
 
 
 def to_batch(images: np.ndarray, targets: np.ndarray) -> Batch:

@@ -25,6 +25,7 @@ from runner.faults import space_for
 
 SPLITS = ("train", "valid", "test")
 PUBLISHED_SIZES = {"train": 262_144, "valid": 32_768, "test": 32_768}
+PCAM_CLASSES = ("normal", "tumour")  # label 0 and 1 of PatchCamelyon (and of the synthetic PCam-like set)
 DOWNLOAD_HINT = ("`python -m runner data pcam [--root DIR]` downloads, verifies and decompresses PatchCamelyon "
                  "(Zenodo record 2546921); or use data.source = \"synthetic\"")
 DATA_DIR_ENV = "RUNNER_DATA_DIR"
@@ -288,7 +289,7 @@ def load_pcam(root: Path, cache: Path, caps: dict[str, int], fraction: float, se
     size = _image_side(files["train"].x)
     mode = _mode(splits["train"])
     text = f"{name} ({root}): {', '.join(parts)}; fraction {fraction:g}; {size}x{size}; {mode}"
-    return Splits(splits["train"], splits["valid"], splits["test"], text)
+    return Splits(splits["train"], splits["valid"], splits["test"], text, classes=PCAM_CLASSES)
 
 
 def _mode(split: Split) -> str:

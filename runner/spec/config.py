@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 TASKS = ("classification", "segmentation")
-SOURCES = ("synthetic", "pcam", "folder", "arrays")
+SOURCES = ("synthetic", "pcam", "folder", "manifest", "arrays")
+# Classification metrics a study may select on and report as its headline (nll is minimised, the rest maximised).
+CLASS_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "nll")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 GEOMETRIC_AUGMENTS = ("none", "flip", "rot90", "d4", "rotate")
@@ -21,9 +23,13 @@ FAMILIES = CLASSIFIER_FAMILIES + SEGMENTER_FAMILIES
 
 @dataclass(frozen=True)
 class DataSpec:
-    source: str = "synthetic"  # synthetic | pcam | folder | arrays
-    root: str = ""  # pcam: folder with camelyonpatch_level_2_split_*.h5[.gz]; folder: images/ + masks/
-    path: str = ""  # arrays: an .npz or .h5 holding `image` and `mask`
+    source: str = "synthetic"  # synthetic | pcam | folder | manifest | arrays
+    # pcam: folder with camelyonpatch_level_2_split_*.h5[.gz]; folder: classification <class>/ or
+    # {train,valid,test}/<class>/ subfolders of images, segmentation images/ + masks/
+    root: str = ""
+    # manifest: a CSV with path, label[, split, group]; arrays: an .npz or .h5 holding `image` and `label`
+    # (classification, or MedMNIST's train_images/train_labels/...) or `image` and `mask` (segmentation)
+    path: str = ""
     fraction: float = 1.0  # share of the training split used (stratified, seeded): a data-efficiency axis
     train_size: int = 2000  # synthetic: patches generated; pcam: stratified cap (0 = all 262,144)
     valid_size: int = 500  # as train_size, for the validation split
@@ -31,6 +37,7 @@ class DataSpec:
     image_size: int = 96  # synthetic patch side; segmentation tile side for folder/arrays
     seed: int = 0  # data generation and split seed (independent of the training seed)
     in_memory: bool = True  # load the (sub)set into RAM; False streams batches from HDF5
+    crop: int = 0  # own classification data: centre-crop every patch to this side; 0 = the files' own size
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class EvalSpec:
     rotation_angles: tuple[float, ...] = tuple(float(a) for a in range(0, 360, 15))
     rotation_samples: int = 512  # test images (seeded subset) evaluated at each angle
     invariance: bool = True  # measure invariance/equivariance error on test inputs at the end of a job
+    # Classification: the validation metric that picks a job's best epoch and heads the report (auc is macro
+    # one-vs-rest for more than two classes): auc | accuracy | balanced_accuracy | f1 | nll (minimised)
+    metric: str = "auc"
 
 
 @dataclass(frozen=True)

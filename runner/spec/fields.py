@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.family": C.FAMILIES,
     "model.match": MATCH_MODES,
     "model.pool": POOLS,
+    "eval.metric": C.CLASS_METRICS,
 }
 # The model's own rules (equiv.hparams), which its constructors apply too: a spec that validates builds.
 Rules = dict[str, Rule]
@@ -42,6 +43,7 @@ BOUNDS: dict[str, Bound] = {
     "data.test_size": Bound(0),
     "data.image_size": Bound(16, 1024),
     "data.seed": Bound(0),
+    "data.crop": Bound(0, 1024),
     "train.epochs": Bound(1, 10_000),
     "train.batch_size": Bound(1, 65_536),
     "train.lr": Bound(0.0, 10.0, low_open=True),

@@ -20,7 +20,7 @@ from runner.spec.parse import ModelBlock, Spec
 # Fields that do not change results: excluded from the job key.
 NON_SEMANTIC = {"data.root", "data.path", "data.in_memory", "train.checkpoint_minutes"}
 # Fields added after jobs were first keyed: left out of the key at their default, so existing jobs keep their keys.
-KEY_NEUTRAL_DEFAULTS = {"model.pool": "blur"}
+KEY_NEUTRAL_DEFAULTS = {"model.pool": "blur", "data.crop": 0, "eval.metric": "auc"}
 
 
 @dataclass(frozen=True)
