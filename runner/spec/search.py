@@ -18,10 +18,13 @@ DISTRIBUTIONS = ("log", "uniform", "int", "choice")
 SEARCH_KEYS = ("sampler", "trials", "seed", "prune", "min_epochs", "reduction_factor", "metric", "startup_trials",
                "space")
 FINAL_KEYS = ("seeds", "epochs", "select", "per")
-# The validation metrics a job records each epoch, and which way is better.
-METRIC_DIRECTIONS = {"valid_auc": "maximize", "valid_accuracy": "maximize", "valid_nll": "minimize",
-                     "valid_loss": "minimize", "valid_dice": "maximize", "valid_iou": "maximize"}
-TASK_METRICS = {"classification": ("valid_auc", "valid_accuracy", "valid_nll", "valid_loss"),
+# The validation metrics a job records each epoch, and which way is better (runner/training/loop.py's validate;
+# auc and f1 are macro over classes when there are more than two).
+METRIC_DIRECTIONS = {"valid_auc": "maximize", "valid_accuracy": "maximize", "valid_balanced_accuracy": "maximize",
+                     "valid_f1": "maximize", "valid_nll": "minimize", "valid_loss": "minimize",
+                     "valid_dice": "maximize", "valid_iou": "maximize"}
+TASK_METRICS = {"classification": ("valid_auc", "valid_accuracy", "valid_balanced_accuracy", "valid_f1",
+                                   "valid_nll", "valid_loss"),
                 "segmentation": ("valid_dice", "valid_iou", "valid_loss")}
 DEFAULT_METRIC = {"classification": "valid_auc", "segmentation": "valid_dice"}
 # Config keys that name the model (what a search compares) or do not change results: never searched.

@@ -1,15 +1,17 @@
 """Test metrics for a fair comparison, computed at the end of a classification job: they need per-patch predictions,
 which the database does not keep.
 
-- Test-time augmentation over D4: the mean of the model's P(tumour) over the eight rot90/flip copies of each patch.
+- Test-time augmentation over D4: the mean of the model's P(tumour) (with more than two classes: of its class
+  probabilities) over the eight rot90/flip copies of each patch.
   That average is exactly D4-invariant, so a plain CNN with it is the cheapest competitor to a D4 G-CNN; recorded
   as `test_tta_<metric>` with its cost `tta_eval_images_per_s`. Skipped for a model whose group already contains
   all eight elements (D4, D8, O2, ...): averaging over its own symmetries changes nothing, as `predict --tta` says.
 - Calibration: expected calibration error over 10 equal-width bins of P(tumour) (`test_ece`, the bins' counts,
   mean predictions and observed tumour fractions as `calib_bin<i>_{n,p,y}`), since the scores are read as
-  probabilities.
-- Test-set uncertainty of one trained model: a seeded percentile bootstrap of test AUC over test patches
-  (`test_auc_low`, `test_auc_high`). With thousands of patches the percentile bootstrap is valid (with 3-10 seeds it
+  probabilities. With more than two classes it is the top-label ECE: bins of the top class's probability against
+  how often the top class is right (the same keys).
+- Test-set uncertainty of one trained model: a seeded percentile bootstrap of test AUC (macro one-vs-rest for more
+  than two classes) over test patches (`test_auc_low`, `test_auc_high`). With thousands of patches the percentile bootstrap is valid (with 3-10 seeds it
   is not; see reports/stats.py). Patches are resampled one by one: patches of one slide are not independent, so for
   PCam this interval is too narrow; resampling whole slides needs the split's slide ids, which the loader does not
   carry yet.
@@ -88,7 +90,10 @@ def tta_probabilities(config: JobConfig, model: torch.nn.Module, split: Split,
 
 def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict[str, float]:
     """ECE = sum over bins of (share of patches) x |mean P(tumour) - observed tumour fraction|, with equal-width bins
-    of P(tumour) as sklearn's calibration_curve(strategy="uniform") draws them; empty bins have only a count."""
+    of P(tumour) as sklearn's calibration_curve(strategy="uniform") draws them; empty bins have only a count.
+    (N, K) probabilities: the top-label ECE (top_label)."""
+    if np.ndim(probs) == 2:
+        labels, probs = top_label(labels, probs)
     labels = np.asarray(labels, dtype=float).ravel()
     probs = np.asarray(probs, dtype=float).ravel()
     index = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], probs)
@@ -103,20 +108,36 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict
     return out
 
 
+def top_label(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(whether the top class is right, its probability) per patch: multi-class calibration as a binary question."""
+    probs = np.asarray(probs, dtype=float)
+    top = probs.argmax(axis=1)
+    return (top == np.asarray(labels).ravel()).astype(float), probs[np.arange(len(probs)), top]
+
+
 def auc_interval(labels: np.ndarray, probs: np.ndarray, seed: int, resamples: int = RESAMPLES,
                  confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The percentile bootstrap interval of ROC AUC over patches (seeded); NaN when a class is missing."""
+    """The percentile bootstrap interval of ROC AUC over patches (seeded); NaN when a class is missing. (N, K)
+    probabilities: of the macro one-vs-rest AUC (a resample that misses a class is left out)."""
     labels = np.asarray(labels).astype(np.int64).ravel()
-    probs = np.asarray(probs, dtype=float).ravel()
-    if len(np.unique(labels)) < 2:
+    probs = np.asarray(probs, dtype=float)
+    probs = probs if probs.ndim == 2 else probs.ravel()
+    if len(np.unique(labels)) < (probs.shape[1] if probs.ndim == 2 else 2):
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    aucs = np.concatenate([resampled_aucs(labels, probs, rng.integers(0, len(labels), size=(min(_CHUNK, left),
-                                                                                              len(labels))))
+    aucs = np.concatenate([resampled_macro_aucs(labels, probs, rng.integers(0, len(labels),
+                                                                             size=(min(_CHUNK, left), len(labels))))
                            for left in range(resamples, 0, -_CHUNK)])
     tail = 100 * (1 - confidence) / 2
     low, high = np.nanpercentile(aucs, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def resampled_macro_aucs(labels: np.ndarray, probs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """resampled_aucs for (N,) P(class 1); for (N, K) the mean over classes of each one-vs-rest AUC per resample."""
+    if probs.ndim == 1:
+        return resampled_aucs(labels, probs, indices)
+    return np.mean([resampled_aucs(labels == k, probs[:, k], indices) for k in range(probs.shape[1])], axis=0)
 
 
 def resampled_aucs(labels: np.ndarray, probs: np.ndarray, indices: np.ndarray) -> np.ndarray:

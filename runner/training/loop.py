@@ -7,6 +7,7 @@ depends only on (seed, epoch), and every random state is in the checkpoint.
 from __future__ import annotations
 
 import io
+import json
 import math
 import random
 import time
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 import equiv
 import equiv.checks
 from equiv.groups import parse_group
-from runner.data import iterate_batches, load_splits
+from runner.data import Splits, iterate_batches, load_splits
 from runner.data.augment import Augmenter
 from runner.spec.config import JobConfig
 from runner.training import checkpoint, extra_metrics
@@ -30,12 +31,16 @@ from runner.training.device import peak_memory_mb, reset_peak_memory
 from runner.training.predict import normalise, predict, prepare
 from runner.training.metrics import (
     classification_metrics,
+    confusion,
     dice_bce_loss,
     segmentation_metrics,
 )
 
 INVARIANCE_SAMPLES = 8
 SAMPLE_IMAGES = 8
+CONFUSION_ARTIFACT = "confusion.json"
+# Validation metrics of a classification epoch (as valid_<name>): every one a search or eval.metric may select on.
+VALID_CLASS_METRICS = ("accuracy", "balanced_accuracy", "auc", "f1")
 
 
 class Interrupted(Exception):
@@ -87,8 +92,9 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
     seed_everything(config.seed)
     reset_peak_memory(device)
     splits = load_splits(config.task, config.data, data_dir)
+    facts = data_facts(splits)
     hooks.heartbeat()
-    model = build(config).to(device)
+    model = build(config, class_count(splits)).to(device)
     params = equiv.count_params(model)
     hooks.on_model(params)
     optimizer = make_optimizer(config, model)
@@ -123,7 +129,7 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
                 progress.train_seconds += time.monotonic() - start
                 start = time.monotonic()
                 hooks.before_save()
-                save(ckpt_path, config, model, optimizer, scheduler, scaler, augment_rng, progress, best_state)
+                save(ckpt_path, config, model, optimizer, scheduler, scaler, augment_rng, progress, best_state, facts)
                 last_save = time.monotonic()
                 if hooks.should_stop():
                     raise Interrupted(f"stopped at epoch {progress.epoch + 1}, batch {progress.batch}")
@@ -136,7 +142,7 @@ def run(config: JobConfig, ckpt_path: Path, data_dir: Path, device: torch.device
         scheduler.step()
         progress.epoch, progress.batch, progress.loss_sum, progress.seen = progress.epoch + 1, 0, 0.0, 0
         hooks.before_save()
-        save(ckpt_path, config, model, optimizer, scheduler, scaler, augment_rng, progress, best_state)
+        save(ckpt_path, config, model, optimizer, scheduler, scaler, augment_rng, progress, best_state, facts)
         last_save = time.monotonic()
         hooks.record_epochs(progress.history[-1:])
         hooks.heartbeat()
@@ -161,9 +167,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(config: JobConfig) -> torch.nn.Module:
+def class_count(splits: Splits) -> int:
+    """The classifier's outputs: one per class name; 2 for splits that name none."""
+    return len(splits.classes) or 2
+
+
+def data_facts(splits: Splits) -> dict[str, Any]:
+    """What a trained model needs to be used later, saved in its checkpoint: class names (label order; "0", "1"
+    where the splits name none) and the side of the training patches as loaded."""
+    x, _ = splits.train.get_batch(np.arange(1))
+    return {"classes": class_names(splits, class_count(splits)), "image_size": int(x.shape[-1])}
+
+
+def build(config: JobConfig, n_classes: int = 2) -> torch.nn.Module:
+    """The job's model; a classifier gets `n_classes` outputs (the checkpoint's "classes" says how many)."""
     m = config.model
-    outputs = 2 if config.task == "classification" else 1
+    outputs = n_classes if config.task == "classification" else 1
     pool = {"pool": m.pool} if config.task == "classification" else {}  # the U-Nets have one pooling
     return equiv.build_model(m.family, m.group, 3, outputs, width=m.width, depth=m.depth, kernel_size=m.kernel_size,
                              dropout=m.dropout, match=m.match, max_frequency=m.max_frequency, **pool)
@@ -238,7 +257,7 @@ def metrics_of(config, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 def validate(config, model, split, device) -> dict[str, float]:
     y, p = predict(config, model, split, device)
     metrics = metrics_of(config, y, p)
-    names = ("accuracy", "auc") if config.task == "classification" else ("dice", "iou")
+    names = VALID_CLASS_METRICS if config.task == "classification" else ("dice", "iou")
     out = {f"valid_{k}": metrics[k] for k in names}
     out["valid_loss"] = metrics["nll"] if config.task == "classification" else 1.0 - metrics["dice"]
     if config.task == "classification":
@@ -247,9 +266,13 @@ def validate(config, model, split, device) -> dict[str, float]:
 
 
 def monitor(config: JobConfig, metrics: dict[str, float]) -> float:
-    """The validation number model selection maximises (AUC, Dice); -loss when it is undefined."""
-    value = metrics["valid_auc" if config.task == "classification" else "valid_dice"]
-    return value if value is not None and math.isfinite(value) else -metrics["valid_loss"]
+    """The validation number the best epoch maximises: eval.metric for classification (nll negated, as lower is
+    better), Dice for segmentation; -loss when it is undefined (AUC with one class in the validation split)."""
+    name = config.eval.metric if config.task == "classification" else "dice"
+    value = metrics.get(f"valid_{name}")
+    if value is None or not math.isfinite(value):
+        return -metrics["valid_loss"]
+    return -value if name == "nll" else value
 
 
 def update_best(config, progress: Progress, metrics, model, best_state):
@@ -285,8 +308,10 @@ def finish(config, model, splits, device, progress: Progress, params: int) -> Jo
         final.update(symmetry_errors(config, model, splits.test, device))
     final.update(extra_metrics.end_of_job(config, fast, splits.test, device, y, p))  # TTA, calibration, AUC interval
     rotation = rotation_curve(config, fast, splits.test, device)
-    return JobResult(final=final, rotation=rotation, artifacts={"samples.npz": samples(config, y, p, splits.test)},
-                     params=params)
+    artifacts = {"samples.npz": samples(config, y, p, splits)}
+    if config.task == "classification":
+        artifacts[CONFUSION_ARTIFACT] = confusion_artifact(y, p, splits)
+    return JobResult(final=final, rotation=rotation, artifacts=artifacts, params=params)
 
 
 def export_or_self(model: torch.nn.Module) -> torch.nn.Module:
@@ -334,13 +359,17 @@ def rotation_curve(config, model, split, device) -> list[tuple[float, str, float
     return rows
 
 
-def samples(config, y: np.ndarray, p: np.ndarray, split) -> tuple[str, bytes]:
-    """A few test inputs with targets and predictions, for the report's sample figure."""
+def samples(config, y: np.ndarray, p: np.ndarray, splits: Splits) -> tuple[str, bytes]:
+    """A few test inputs with targets and predictions, for the report's sample figure; probs are (n,) P(class 1)
+    for two classes, (n, K) with the class names beside them for more."""
     count = min(SAMPLE_IMAGES, len(y))
-    x, _ = split.get_batch(np.arange(count))
+    x, _ = splits.test.get_batch(np.arange(count))
     images = x.permute(0, 2, 3, 1).numpy()
     buffer = io.BytesIO()
-    if config.task == "classification":
+    if config.task == "classification" and p.ndim == 2:
+        np.savez_compressed(buffer, images=images, labels=y[:count], probs=p[:count],
+                            classes=np.array(class_names(splits, p.shape[1])))
+    elif config.task == "classification":
         np.savez_compressed(buffer, images=images, labels=y[:count], probs=p[:count])
     else:
         np.savez_compressed(buffer, images=images, masks=(y[:count] > 0).astype(np.uint8),
@@ -348,11 +377,29 @@ def samples(config, y: np.ndarray, p: np.ndarray, split) -> tuple[str, bytes]:
     return "application/x-npz", buffer.getvalue()
 
 
+def class_names(splits: Splits, k: int) -> list[str]:
+    """Class names in label order; the label indices where the splits name none."""
+    return list(splits.classes) if len(splits.classes) == k else [str(i) for i in range(k)]
+
+
+def confusion_artifact(y: np.ndarray, p: np.ndarray, splits: Splits) -> tuple[str, bytes]:
+    """The test confusion matrix (rows true, columns predicted) with the class names and how the data was split:
+    the database keeps no per-patch predictions, so the report draws it from this."""
+    k = p.shape[1] if p.ndim == 2 else 2
+    body = {"classes": class_names(splits, k), "matrix": confusion(y, p, k).tolist(),
+            "split_note": splits.split_note, "data": splits.description}
+    return "application/json", json.dumps(body, indent=1).encode()
+
+
 # ---- checkpoints -----------------------------------------------------------------------------------------------
 
-def save(path, config, model, optimizer, scheduler, scaler, augment_rng, progress: Progress, best_state) -> None:
+def save(path, config, model, optimizer, scheduler, scaler, augment_rng, progress: Progress, best_state,
+         facts: dict[str, Any] | None = None) -> None:
+    """`facts` (data_facts: "classes", "image_size") go in at the top level, where export reads them; a caller
+    without splits leaves them out and export falls back to the config."""
     checkpoint.save(path, {
         "config": config.to_dict(),
+        **(facts or {}),
         "model": model.state_dict(),
         "best_model": best_state,
         "optimizer": optimizer.state_dict(),

@@ -31,7 +31,8 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(config, model, split, device, indices=None, angle: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and P(tumour) (classification, (N,)) or foreground probability (segmentation, (N, H, W))."""
+    """Targets and probabilities: P(class 1) (N,) for two classes, class probabilities (N, K) for K > 2, the
+    foreground probability (N, H, W) for segmentation."""
     model.eval()
     indices = np.arange(len(split)) if indices is None else indices
     batch = max(2 * config.train.batch_size, 32)
@@ -44,7 +45,13 @@ def predict(config, model, split, device, indices=None, angle: float = 0.0) -> t
             if config.task == "segmentation":
                 y = (rotate((y > 0).float().unsqueeze(1), angle) > 0.5).squeeze(1).long()
         logits = model(normalise(x)).float()
-        probs = logits.softmax(1)[:, 1] if config.task == "classification" else logits.sigmoid()[:, 0]
+        probs = class_probabilities(logits) if config.task == "classification" else logits.sigmoid()[:, 0]
         all_targets.append(y.numpy())
         all_probs.append(probs.cpu().numpy())
     return np.concatenate(all_targets), np.concatenate(all_probs)
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes; only P(class 1) for a binary model, so its metrics stay those of one score."""
+    probs = logits.softmax(1)
+    return probs[:, 1] if probs.shape[1] == 2 else probs
