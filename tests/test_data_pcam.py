@@ -155,8 +155,8 @@ def test_garbage_gzip_is_caught_by_check_source(tmp_path):
 
 
 def test_source_task_mismatch_names_allowed_values(tmp_path, monkeypatch):
-    with pytest.raises(DataError, match="allowed for classification: synthetic, pcam"):
-        check_source("classification", DataSpec(source="folder", root=str(tmp_path)))
+    with pytest.raises(DataError, match="allowed for segmentation: synthetic, folder, arrays"):
+        check_source("segmentation", DataSpec(source="manifest", path=str(tmp_path)))
     monkeypatch.setenv("RUNNER_DATA_DIR", str(tmp_path / "nothing here"))  # pcam without a root: the default folder
     with pytest.raises(DataError, match="data.root is not set and the default PatchCamelyon folder .*nothing here"):
         check_source("classification", DataSpec(source="pcam"))

@@ -1,4 +1,5 @@
-"""The data layer: PatchCamelyon (real HDF5 files or the embedded synthetic generator) and segmentation tiles.
+"""The data layer: PatchCamelyon (real HDF5 files or the embedded synthetic generator), users' own classification
+patches (folder, manifest, arrays: runner.data.patches) and segmentation tiles.
 
 `check_source` validates cheaply before a run writes anything; `load_splits` returns train/valid/test splits
 whose `get_batch(indices)` gives uint8 images and int64 targets; `iterate_batches` gives a seeded, resumable order.
@@ -11,11 +12,13 @@ from runner.data import arrays, pcam, synthetic
 from runner.data.batches import Split, Splits, iterate_batches
 from runner.data.errors import DataError
 from runner.data.figure import sample_figure
+from runner.data.patches import PATCH_SOURCES, check_patches, load_patches
 from runner.spec.config import SOURCES, TASKS, DataSpec
 
 __all__ = ["DataError", "Split", "Splits", "check_source", "iterate_batches", "load_splits", "sample_figure"]
 
-_TASK_SOURCES = {"classification": ("synthetic", "pcam"), "segmentation": ("synthetic", "folder", "arrays")}
+_TASK_SOURCES = {"classification": ("synthetic", "pcam", *PATCH_SOURCES),
+                 "segmentation": ("synthetic", "folder", "arrays")}
 
 
 def check_source(task: str, data: DataSpec) -> None:
@@ -25,6 +28,8 @@ def check_source(task: str, data: DataSpec) -> None:
         _check_synthetic_sizes(data, {"train": data.train_size, "valid": data.valid_size, "test": data.test_size})
     elif data.source == "pcam":
         pcam.check_pcam(_pcam_root(data))
+    elif task == "classification":
+        check_patches(data)
     elif data.source == "folder":
         arrays.check_folder(_location(data.root, "data.root", "a folder with images/ and masks/"))
     elif data.source == "arrays":
@@ -33,8 +38,11 @@ def check_source(task: str, data: DataSpec) -> None:
 
 def load_splits(task: str, data: DataSpec, cache_dir: Path) -> Splits:
     """Train/valid/test splits for `task`; generated or decompressed files go to `cache_dir` (reused)."""
-    check_source(task, data)
     cache_dir = Path(cache_dir)
+    if task == "classification" and data.source in PATCH_SOURCES:
+        _check_combination(task, data)
+        return load_patches(data, cache_dir)  # checks what the decoded cache does not already vouch for
+    check_source(task, data)
     caps = {"train": data.train_size, "valid": data.valid_size, "test": data.test_size}
     if data.source == "synthetic":
         if task == "classification":

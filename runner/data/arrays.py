@@ -65,13 +65,18 @@ def array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if path.suffix.lower() not in ARRAY_SUFFIXES:
         raise DataError(f"data.path {path}: unsupported suffix {path.suffix!r}; allowed: {', '.join(ARRAY_SUFFIXES)}")
     try:
-        shapes = _npz_shapes(path) if path.suffix.lower() == ".npz" else _h5_shapes(path)
+        shapes = file_shapes(path)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: cannot read ({err}); expected an .npz or .h5 file") from err
     missing = [k for k in ("image", "mask") if k not in shapes]
     if missing:
         raise DataError(f"{path}: missing key(s) {missing}; found {sorted(shapes)}; expected `image` and `mask`")
     return shapes
+
+
+def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of every array in an .npz or .h5 file, read from the headers only."""
+    return _npz_shapes(path) if path.suffix.lower() == ".npz" else _h5_shapes(path)
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
