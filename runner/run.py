@@ -42,6 +42,7 @@ class RunRequest:
     stale_after: float = STALE_AFTER_SECONDS
     db_retry_seconds: float = 600.0  # a database outage shorter than this is waited out; longer stops with exit 4
     dry_run: bool = False
+    calibrate: bool = False  # with dry_run: measure this device's rates for the cost estimate (ROOT/calibration.json)
     device: str = "auto"
     cluster: ClusterProfile | None = None  # set: submit a Slurm job array instead of running here
     wait: bool = False  # with `cluster`: follow the array until it ends
@@ -54,6 +55,7 @@ def run_spec(request: RunRequest, console: Console) -> int:
             console.print(job_table(request.jobs, title=f"{request.spec.name}: {len(request.jobs)} jobs (dry run)"))
         if request.spec.searched:
             console.print(study_table(request.spec))
+        print_cost(request, console)
         return EXIT_OK
     db = Database(request.db_url, retry_seconds=request.db_retry_seconds)  # unreachable now: bad input, at once
     experiment_id, added = db.sync_experiment(
@@ -80,6 +82,17 @@ def run_spec(request: RunRequest, console: Console) -> int:
     if (code := fault_exit(counts, console)) is not None:
         return code
     return summarise(db, experiment_id, request, counts, console)
+
+
+def print_cost(request: RunRequest, console: Console) -> None:
+    """Images per model and, where this device has measured rates, expected device-hours (runner.cost)."""
+    from runner.cost import estimate
+    from runner.training.device import pick_device
+
+    rows, device = estimate.estimate(request.spec, request.root, pick_device(0, request.device), request.calibrate,
+                                     console.print)
+    console.print(estimate.table(rows, request.spec.name))
+    console.print(estimate.summary(rows, device, request.spec.path, request.root))
 
 
 def fault_exit(counts: dict[str, int], console: Console) -> int | None:

@@ -47,7 +47,12 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run a spec (the default: python -m runner SPEC)")
     run.add_argument("spec", help="a TOML spec, e.g. specs/d4_grid.toml")
     run.add_argument("overrides", nargs="*", help="dotted KEY=VALUE applied before expansion, e.g. train.epochs=3")
-    run.add_argument("--dry-run", action="store_true", help="print the job table and write nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the jobs, the images each model will train and (with measured rates) the expected "
+                          "device-hours; write nothing")
+    run.add_argument("--calibrate", action="store_true",
+                     help="with --dry-run (implied): measure each model on this device for the estimate, a few "
+                          "seconds each; kept in ROOT/calibration.json (the data is prepared in ROOT/cache)")
     run.add_argument("--workers", type=int, default=None,
                      help="jobs run in parallel (one per GPU where there are several); with Slurm: array size")
     run.add_argument("--device", choices=DEVICES, default="auto",
@@ -144,7 +149,8 @@ def cmd_run(args) -> int:
 
     request = RunRequest(spec=spec, jobs=tuple(expand(spec)), root=Path(args.root), db_url=db_url(args),
                          workers=args.workers or 1, retry_failed=args.retry_failed, force=args.force,
-                         stale_after=args.stale_after, dry_run=args.dry_run, device=args.device,
+                         stale_after=args.stale_after, dry_run=args.dry_run or args.calibrate,
+                         calibrate=args.calibrate, device=args.device,
                          db_retry_seconds=args.db_retry_seconds,
                          cluster=cluster, wait=args.wait)
     try:
