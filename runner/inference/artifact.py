@@ -5,7 +5,9 @@ be copied next to an artifact and used on its own:
 
     from artifact import load
     model = load("exported/")                  # model.json + model.onnx
-    p = model.probabilities(images)            # (N, H, W, 3) uint8 RGB -> (N,) P(tumour) or (N, H, W) masks
+    p = model.probabilities(images)            # (N, H, W, 3) uint8 RGB -> (N,) P(class 1) of a binary model,
+                                               # (N, K) for K classes, or (N, H, W) masks
+    p = model.class_probabilities(images)      # (N, K) for any classifier, columns in model.class_names order
 
 A folder holds `model.json` (what the model expects and how it was made), `model.onnx` and `model.pt2`.
 """
@@ -87,6 +89,15 @@ class Artifact:
         return list(self.meta["class_names"])
 
     @property
+    def num_classes(self) -> int:
+        return len(self.meta["class_names"])
+
+    @property
+    def binary(self) -> bool:
+        """A two-class classifier, whose results are P(class 1) (P(tumour) for PCam) and a label."""
+        return self.task == "classification" and self.num_classes == 2
+
+    @property
     def microns_per_pixel(self) -> float:
         return float(self.meta["microns_per_pixel"])
 
@@ -104,12 +115,20 @@ class Artifact:
         return self.run(self.preprocess(images))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """P(tumour) per image (N,) for classification; foreground probability (N, H, W) for segmentation."""
+        """Classification: P(class 1) per image (N,) for a binary model (P(tumour) for PCam), the class
+        probabilities (N, K) for K > 2 classes. Segmentation: foreground probability (N, H, W)."""
+        if self.task != "classification":
+            return 1.0 / (1.0 + np.exp(-self.logits(images).astype(np.float64)[:, 0]))
+        p = self.class_probabilities(images)
+        return p[:, 1] if self.binary else p
+
+    def class_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, K) softmax of a classifier's logits; column k is P(class_names[k]), rows sum to 1."""
+        if self.task != "classification":
+            raise ArtifactError(f"class probabilities need a classification model; this one is {self.task}")
         out = self.logits(images).astype(np.float64)
-        if self.task == "classification":
-            shifted = np.exp(out - out.max(axis=1, keepdims=True))
-            return (shifted / shifted.sum(axis=1, keepdims=True))[:, 1]
-        return 1.0 / (1.0 + np.exp(-out[:, 0]))
+        shifted = np.exp(out - out.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def load(folder: str | Path, backend: str = "onnx", threads: int = 0) -> Artifact:

@@ -5,6 +5,10 @@ into plain torch by `equiv.export_eval`, then exported twice: `torch.export` (.p
 to the destination until both copies agree with the trained model within 1e-5 (relative, per patch) on held-out
 test patches and the exported model still has the group symmetry it was trained with: the folder is assembled
 in a temporary sibling and renamed into place.
+
+A classifier has as many outputs as its checkpoint's `classes` (class names in label order) and takes patches of
+its `image_size`; checkpoints written before those keys existed are binary PCam models (normal, tumour) at
+`input_size(config)`.
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ VERIFY_PATCHES = 16
 # 0.972 um/px. The synthetic data imitates PCam, so it is given the same scale.
 PCAM_MPP = 0.972
 CLASS_NAMES = {"classification": ["normal", "tumour"], "segmentation": ["background", "nucleus"]}
+# Sources whose patches export does not read (the user's own files, which may be elsewhere by now or slow to load):
+# the copies are compared on seeded random tissue-like images instead.
+OWN_DATA_SOURCES = ("folder", "manifest", "arrays")
+VERIFY_SEED = 0
 
 
 class ExportError(ValueError):
@@ -75,11 +83,11 @@ def export(request: ExportRequest) -> ExportResult:
         raise ExportError(f"--out {request.out} already exists; remove it or choose another folder")
     job = find_job(request)
     config = config_from_dict(json.loads(job.config_json))
-    model = trained_model(request.root, job.key, config)
-    x = verification_inputs(config, request.root)
+    trained = load_trained(request.root, job.key, config)
+    x, source = verification_inputs(config, request.root, trained.image_size)
     with staged_folder(request.out) as staging:
-        meta = write_verified(model, config, x, staging)
-        meta.update(describe_job(request, job, config))
+        meta = write_verified(trained.model, config, x, source, staging)
+        meta.update(describe_job(request, job, config, trained))
         (staging / artifact.META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     check = meta["verification"]
     return ExportResult(request.out, job.key, check["pt2_max_relative_difference"],
@@ -124,41 +132,92 @@ def best_job(request: ExportRequest) -> int:
         raise ExportError(f"--best for experiment {request.experiment!r}: {exc}") from exc
 
 
-def trained_model(root: Path, key: str, config: JobConfig) -> torch.nn.Module:
-    from runner.training.loop import build
+@dataclass(frozen=True)
+class Trained:
+    """A job's network with its best weights, the class names of its outputs and the side of its patches."""
 
+    model: torch.nn.Module
+    class_names: list[str]
+    image_size: int
+
+
+def load_trained(root: Path, key: str, config: JobConfig) -> Trained:
     path = checkpoint.existing_path(root, config.experiment, key)  # legacy roots: the shared folder
     state = checkpoint.load(path)
     if state is None:
         raise ExportError(f"no checkpoint at {path}; pass the --root the job ran under, or run it again")
-    model = build(config)
+    classes = _checkpoint_classes(state, config, path)
+    outputs = len(classes) if config.task == "classification" else 1
+    model = network(config, outputs)
     model.load_state_dict(state["best_model"] if state.get("best_model") is not None else state["model"])
-    return model.eval()
+    return Trained(model.eval(), classes, int(state.get("image_size") or input_size(config)))
+
+
+def trained_model(root: Path, key: str, config: JobConfig) -> torch.nn.Module:
+    return load_trained(root, key, config).model
+
+
+def _checkpoint_classes(state: dict[str, Any], config: JobConfig, path: Path) -> list[str]:
+    """The checkpoint's class names; older checkpoints are binary with PCam's (or segmentation's) names."""
+    classes = state.get("classes") if config.task == "classification" else None
+    if classes is None:
+        return list(CLASS_NAMES[config.task])
+    classes = [str(name) for name in classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ExportError(f"{path} names the classes {classes}: a classifier needs two or more distinct names; "
+                          "run the job again")
+    return classes
+
+
+def network(config: JobConfig, outputs: int) -> torch.nn.Module:
+    """The job's untrained network with `outputs` outputs, built with the same arguments as the training loop."""
+    import equiv
+
+    m = config.model
+    pool = {"pool": m.pool} if config.task == "classification" else {}  # the U-Nets have one pooling
+    return equiv.build_model(m.family, m.group, 3, outputs, width=m.width, depth=m.depth, kernel_size=m.kernel_size,
+                             dropout=m.dropout, match=m.match, max_frequency=m.max_frequency, **pool)
 
 
 def input_size(config: JobConfig) -> int:
+    """The patch side of a checkpoint that does not record it."""
     return 96 if config.data.source == "pcam" else config.data.image_size
 
 
-def verification_inputs(config: JobConfig, root: Path) -> torch.Tensor:
-    """Normalised held-out test patches; tissue-like noise of the right size when the data is not at hand."""
+def verification_inputs(config: JobConfig, root: Path, size: int) -> tuple[torch.Tensor, str]:
+    """Normalised held-out test patches of side `size`, and what they are (model.json's verification.inputs).
+
+    The user's own data is not read: seeded random tissue-like images of that size instead; so too when the
+    PCam or synthetic files are not at hand.
+    """
     from runner.data import DataError, load_splits
     from runner.training.predict import PIXEL_MAX, normalise
 
-    try:
-        split = load_splits(config.task, config.data, root / "data").test
-        x, _ = split.get_batch(np.arange(min(VERIFY_PATCHES, len(split))))
-        return normalise(x.float() / PIXEL_MAX)
-    except DataError:
-        from equiv.checks import smooth_images
+    if config.data.source in OWN_DATA_SOURCES:
+        reason = f"data.source = {config.data.source!r}: the user's own files are not read at export"
+    else:
+        try:
+            split = load_splits(config.task, config.data, root / "data").test
+            x, _ = split.get_batch(np.arange(min(VERIFY_PATCHES, len(split))))
+        except DataError:
+            reason = "the job's data files are not at hand"
+        else:
+            if tuple(x.shape[-2:]) == (size, size):
+                return normalise(x.float() / PIXEL_MAX), f"{len(x)} held-out test patches of the job's data"
+            reason = f"the job's test patches are {x.shape[-2]}x{x.shape[-1]}, not the model's input"
+    from equiv.checks import smooth_images
 
-        return smooth_images(VERIFY_PATCHES, input_size(config))
+    return smooth_images(VERIFY_PATCHES, size, seed=VERIFY_SEED), (
+        f"{VERIFY_PATCHES} seeded random tissue-like images (equiv.checks.smooth_images, seed {VERIFY_SEED}) of "
+        f"{size}x{size} pixels: {reason}")
 
 
 # ---- writing and checking the two copies -----------------------------------------------------------------------
 
-def write_verified(model: torch.nn.Module, config: JobConfig, x: torch.Tensor, folder: Path) -> dict[str, Any]:
-    """Write model.pt2 and model.onnx into `folder`, check them, and return model.json's measured sections."""
+def write_verified(model: torch.nn.Module, config: JobConfig, x: torch.Tensor, inputs: str,
+                   folder: Path) -> dict[str, Any]:
+    """Write model.pt2 and model.onnx into `folder`, check them on `x` (described by `inputs`), and return
+    model.json's measured sections."""
     import equiv
 
     plain = equiv.export_eval(model)
@@ -180,7 +239,7 @@ def write_verified(model: torch.nn.Module, config: JobConfig, x: torch.Tensor, f
         raise VerificationError(f"exported copies differ from the trained model by {worst:.2e} (pt2 {pt2_error:.2e}, "
                           f"onnx {onnx_error:.2e}; allowed {AGREEMENT_TOLERANCE:g}); nothing was written")
     symmetry = symmetry_of(reloaded, config, x)
-    return {"verification": {"patches": len(x), "pt2_max_relative_difference": pt2_error,
+    return {"verification": {"patches": len(x), "inputs": inputs, "pt2_max_relative_difference": pt2_error,
                              "onnx_max_relative_difference": onnx_error, "tolerance": AGREEMENT_TOLERANCE},
             "symmetry": symmetry}
 
@@ -228,7 +287,7 @@ def symmetry_of(module: torch.nn.Module, config: JobConfig, x: torch.Tensor) -> 
 
 # ---- model.json ------------------------------------------------------------------------------------------------
 
-def describe_job(request: ExportRequest, job: JobModel, config: JobConfig) -> dict[str, Any]:
+def describe_job(request: ExportRequest, job: JobModel, config: JobConfig, trained: Trained) -> dict[str, Any]:
     """What a user of the artifact needs besides the measurements: input, scale, classes, where it came from."""
     from runner.training.predict import INPUT_MEAN, INPUT_STD, PIXEL_MAX
     from runner.training.provenance import git_state
@@ -237,13 +296,14 @@ def describe_job(request: ExportRequest, job: JobModel, config: JobConfig) -> di
     _, final = db.metrics_of(job.job_id)
     mpp, mpp_note = scale_of(config)
     commit, dirty = git_state(Path(__file__).resolve().parent)
-    size = input_size(config)
+    size = trained.image_size
+    classes = len(trained.class_names)
     return {
         "format_version": artifact.FORMAT_VERSION,
         "task": config.task,
-        "class_names": CLASS_NAMES[config.task],
-        "output": "logits (N, 2): softmax gives P(class)" if config.task == "classification"
-        else "logits (N, 1, H, W): sigmoid gives P(nucleus) per pixel",
+        "class_names": trained.class_names,
+        "output": f"logits (N, {classes}): softmax gives P(class) in class_names order"
+        if config.task == "classification" else "logits (N, 1, H, W): sigmoid gives P(nucleus) per pixel",
         "input": {"size": [size, size], "channels": 3, "colour": "RGB", "dtype": "uint8",
                   "layout": "the runtime takes float32 NCHW after normalisation"},
         "microns_per_pixel": mpp, "microns_per_pixel_note": mpp_note,
@@ -268,4 +328,5 @@ def scale_of(config: JobConfig) -> tuple[float | None, str]:
     if config.data.source in ("pcam", "synthetic"):
         return PCAM_MPP, ("PatchCamelyon level 2: Camelyon16 slides at 40x (0.243 um/px) downsampled 4x; "
                           "the synthetic data imitates PCam at this scale")
-    return None, "unknown for user-supplied segmentation data; pass --mpp to whole-slide prediction"
+    return None, ("unknown for the user's own data; for whole-slide prediction set microns_per_pixel here to the "
+                  "training patches' scale")

@@ -1,13 +1,15 @@
 """Predict with an exported model on patches: batched, with optional D4 test-time augmentation.
 
-Classification centre-crops each image to the model's input and writes one CSV row per image (source, index,
-p_tumour, label). Segmentation tiles each image (mirror-padded to whole tiles), writes a mask PNG per image and a
+Classification centre-crops each image to the model's input and writes one CSV row per image: source, index, the
+probability of class 1 for a binary model (p_tumour for PCam's normal/tumour) or one probability per class for K > 2
+(p_<class name>, see `probability_columns`), and the predicted class name (label). Segmentation tiles each image (mirror-padded to whole tiles), writes a mask PNG per image and a
 CSV of object counts. Inputs that cannot be predicted are returned as problems; the rest are still predicted.
 """
 from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -48,12 +50,13 @@ def tta_note(model: Artifact, tta: str) -> str | None:
 
 
 def probabilities(model: Artifact, images: np.ndarray, tta: str) -> np.ndarray:
-    """P(tumour) (N,) or P(foreground) (N, H, W), averaged over the D4 elements when tta == 'd4'."""
+    """Class probabilities (N, K) or P(foreground) (N, H, W), averaged over the D4 elements when tta == 'd4'."""
+    run = model.class_probabilities if model.task == "classification" else model.probabilities
     if tta != "d4":
-        return model.probabilities(images)
+        return run(images)
     total = None
     for k, flip in D4_ELEMENTS:
-        p = model.probabilities(np.ascontiguousarray(transform(images, k, flip)))
+        p = run(np.ascontiguousarray(transform(images, k, flip)))
         p = p if model.task == "classification" else untransform(p, k, flip)
         total = p if total is None else total + p
     return total / len(D4_ELEMENTS)
@@ -86,22 +89,51 @@ def cropped(stream: Iterable[inputs.Item | inputs.Problem], size: tuple[int, int
 
 
 def classify(model: Artifact, stream: Iterable[inputs.Item | inputs.Problem], tta: str, batch_size: int,
-             problems: list[inputs.Problem], advance: Callable[[int], None]) -> list[tuple[str, int, float, str]]:
+             problems: list[inputs.Problem], advance: Callable[[int], None]) -> list[tuple[str, int, np.ndarray]]:
+    """(source, index, class probabilities (K,)) per predictable image."""
     rows = []
     tta = "none" if tta_note(model, tta) else tta
-    names = model.class_names
     for batch in batches(cropped(stream, model.input_size, problems), batch_size):
         p = probabilities(model, np.stack([item.image for item in batch]), tta)
-        rows += [(item.source, item.index, float(pi), names[int(pi >= THRESHOLD)]) for item, pi in zip(batch, p)]
+        rows += [(item.source, item.index, pi) for item, pi in zip(batch, p)]
         advance(len(batch))
     return rows
 
 
-def classification_csv(rows: list[tuple[str, int, float, str]]) -> str:
+def predicted_class(names: list[str], p: np.ndarray) -> str:
+    """The class name for one image's probabilities: P(class 1) >= THRESHOLD for two classes, else the argmax."""
+    return names[int(p[1] >= THRESHOLD)] if len(names) == 2 else names[int(np.argmax(p))]
+
+
+def probability_columns(names: list[str]) -> list[str]:
+    """The CSV's probability columns: `p_<class 1>` for two classes (`p_tumour` for PCam), one per class for more.
+
+    A name is made CSV- and identifier-safe (runs of anything but letters, digits and _ become one _); an empty
+    result becomes class<k>, and a name that would repeat an earlier one (ignoring case) gets _2, _3, ...
+    """
+    safe, seen = [], set()
+    for k, name in enumerate(names):
+        base = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_") or f"class{k}"
+        column, n = f"p_{base}", 1
+        while column.lower() in seen:
+            n += 1
+            column = f"p_{base}_{n}"
+        seen.add(column.lower())
+        safe.append(column)
+    return safe[1:] if len(names) == 2 else safe
+
+
+def class_values(names: list[str], p: np.ndarray) -> list[float]:
+    """The values under `probability_columns(names)` for one image."""
+    return [float(p[1])] if len(names) == 2 else [float(v) for v in p]
+
+
+def classification_csv(names: list[str], rows: list[tuple[str, int, np.ndarray]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["source", "index", "p_tumour", "label"])
-    writer.writerows((s, i, f"{p:.6f}", label) for s, i, p, label in rows)
+    writer.writerow(["source", "index", *probability_columns(names), "label"])
+    writer.writerows((s, i, *(f"{v:.6f}" for v in class_values(names, p)), predicted_class(names, p))
+                     for s, i, p in rows)
     return buffer.getvalue()
 
 
@@ -176,7 +208,7 @@ def predict(model: Artifact, paths: list[Path], out: Path, tta: str = "none", ba
     if model.task == "classification":
         rows = classify(model, stream, tta, batch_size, problems, advance)
         if rows:
-            files.write_text(out, classification_csv(rows))
+            files.write_text(out, classification_csv(model.class_names, rows))
     else:
         masks = out.with_name(out.stem + "_masks")
         rows = segment(model, stream, tta, batch_size, problems, masks, advance)

@@ -1,5 +1,10 @@
 """Whole-slide tumour heatmaps: tissue mask, patches at the model's scale, batched inference, CSV/PNG/GeoJSON.
 
+A binary model's outputs are P(class 1) per patch (p_tumour for PCam) and a heatmap of it. A model of K > 2 classes
+writes one probability column per class and the predicted class into tiles.csv and tiles.geojson, and no
+heatmap.png: no one probability says where each class is, and a map of the winning class's probability would show
+confidence, not the class; the summary line says so.
+
 The slide is opened with OpenSlide (any format it reads, including generic tiled pyramidal TIFF). Tissue is found
 on a thumbnail by Otsu's threshold on colour saturation (glass is white or grey, stained tissue is coloured);
 patches with less tissue than `min_tissue` are skipped. Each patch covers the model's input at the model's microns
@@ -28,11 +33,14 @@ import numpy as np
 from runner.inference import files
 from runner.inference.artifact import Artifact
 from runner.inference.images import DEFAULT_MAX_PIXELS
-from runner.inference.predict import probabilities, tta_note
+from runner.inference.predict import class_values, predicted_class, probabilities, probability_columns, tta_note
 
 THUMBNAIL_SIDE = 1024  # longest side of the thumbnail the tissue mask and heatmap are drawn on
 MIN_SATURATION = 0.05  # below this, a pixel is glass even when Otsu's threshold falls lower (an all-glass slide)
 TUMOUR_COLOUR, NORMAL_COLOUR = [220, 40, 40], [60, 120, 220]
+# QuPath's own class names and colours for PCam's two classes; other classes keep their names and take a colour of
+# matplotlib's tab10 palette by label.
+QUPATH_CLASSES = {"tumour": ("Tumor", TUMOUR_COLOUR), "normal": ("Normal", NORMAL_COLOUR)}
 # Candidate patches per slide: a 200k x 100k scan at 0.25 um/px gives 135,000 for a PCam model (540,000 at half
 # stride); the grid is held in memory, so a header declaring a billion-pixel side is refused here.
 MAX_PATCHES = 1_000_000
@@ -60,7 +68,12 @@ class Tile:
     y: int
     size: int
     tissue: float
-    p: float = math.nan
+    probabilities: tuple[float, ...] = ()  # per class, in the model's class order; empty until scored
+
+    @property
+    def p(self) -> float:
+        """P(class 1): a binary model's positive class (tumour for PCam)."""
+        return self.probabilities[1] if self.probabilities else math.nan
 
 
 @dataclass(frozen=True)
@@ -69,14 +82,24 @@ class SlideResult:
     tiles: list[Tile]
     skipped: int
     seconds: float
+    class_names: tuple[str, ...] = ("normal", "tumour")
 
     @property
     def summary(self) -> str:
         rate = len(self.tiles) / max(self.seconds, 1e-9)
-        top = max((t.p for t in self.tiles), default=math.nan)
-        return (f"{len(self.tiles)} tissue patches scored, {self.skipped} background patches skipped, in "
-                f"{self.seconds:.1f} s ({rate:,.0f} patches/s); highest p_tumour {top:.3f}; "
-                f"wrote tiles.csv, heatmap.png and tiles.geojson to {self.out}")
+        scored = (f"{len(self.tiles)} tissue patches scored, {self.skipped} background patches skipped, in "
+                  f"{self.seconds:.1f} s ({rate:,.0f} patches/s)")
+        names = list(self.class_names)
+        if len(names) == 2:
+            top = max((t.p for t in self.tiles), default=math.nan)
+            return (f"{scored}; highest {probability_columns(names)[0]} {top:.3f}; "
+                    f"wrote tiles.csv, heatmap.png and tiles.geojson to {self.out}")
+        counts = {name: 0 for name in names}
+        for t in self.tiles:
+            counts[predicted_class(names, np.asarray(t.probabilities))] += 1
+        return (f"{scored}; predicted {', '.join(f'{name} {n}' for name, n in counts.items())}; wrote tiles.csv and "
+                f"tiles.geojson to {self.out}; no heatmap.png: a {len(names)}-class model has no single probability "
+                "to map (tiles.csv has each class's)")
 
 
 def predict_slide(model: Artifact, request: SlideRequest,
@@ -95,19 +118,20 @@ def predict_slide(model: Artifact, request: SlideRequest,
         mask = tissue_mask(thumbnail)
         tiles = [t for t in (measure_tissue(mask, t, scale) for t in candidates) if t.tissue >= request.min_tissue]
         scored = score(model, slide, tiles, request, progress)
-    write_outputs(request.out, scored, thumbnail, scale)
-    return SlideResult(request.out, scored, len(candidates) - len(scored), time.monotonic() - start)
+    write_outputs(request.out, scored, thumbnail, scale, model.class_names)
+    return SlideResult(request.out, scored, len(candidates) - len(scored), time.monotonic() - start,
+                       tuple(model.class_names))
 
 
 def score(model: Artifact, slide, tiles: list[Tile], request: SlideRequest,
           progress: Callable[[int], Callable[[int], None]] | None) -> list[Tile]:
-    """The tiles with p_tumour, read and predicted batch by batch."""
+    """The tiles with their class probabilities, read and predicted batch by batch."""
     advance = progress(len(tiles)) if progress else (lambda n: None)
     tta = "none" if tta_note(model, request.tta) else request.tta
     scored = []
     for batch in _batches(tiles, request.batch_size):
         images = np.stack([read_patch(slide, t, model.input_size[0]) for t in batch])
-        scored += [Tile(t.x, t.y, t.size, t.tissue, float(p))
+        scored += [Tile(t.x, t.y, t.size, t.tissue, tuple(float(v) for v in p))
                    for t, p in zip(batch, probabilities(model, images, tta))]
         advance(len(batch))
     return scored
@@ -239,18 +263,24 @@ def _batches(tiles: list[Tile], size: int) -> Iterator[list[Tile]]:
 
 # ---- outputs ---------------------------------------------------------------------------------------------------
 
-def write_outputs(out: Path, tiles: list[Tile], thumbnail: np.ndarray, scale: float) -> None:
+def write_outputs(out: Path, tiles: list[Tile], thumbnail: np.ndarray, scale: float, names: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    files.write_text(out / "tiles.csv", tiles_csv(tiles))
-    files.write_bytes(out / "heatmap.png", heatmap_png(thumbnail, tiles, scale))
-    files.write_text(out / "tiles.geojson", json.dumps(geojson(tiles)))
+    files.write_text(out / "tiles.csv", tiles_csv(tiles, names))
+    if len(names) == 2:
+        files.write_bytes(out / "heatmap.png", heatmap_png(thumbnail, tiles, scale))
+    files.write_text(out / "tiles.geojson", json.dumps(geojson(tiles, names)))
 
 
-def tiles_csv(tiles: list[Tile]) -> str:
+def tiles_csv(tiles: list[Tile], names: list[str]) -> str:
+    """x, y, size, tissue, then p_tumour (binary) or p_<class> per class and the predicted label (K > 2)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["x", "y", "size", "tissue", "p_tumour"])
-    writer.writerows((t.x, t.y, t.size, f"{t.tissue:.3f}", f"{t.p:.6f}") for t in tiles)
+    label = [] if len(names) == 2 else ["label"]
+    writer.writerow(["x", "y", "size", "tissue", *probability_columns(names), *label])
+    for t in tiles:
+        p = np.asarray(t.probabilities)
+        writer.writerow((t.x, t.y, t.size, f"{t.tissue:.3f}", *(f"{v:.6f}" for v in class_values(names, p)),
+                         *([predicted_class(names, p)] if label else [])))
     return buffer.getvalue()
 
 
@@ -281,16 +311,27 @@ def heatmap_png(thumbnail: np.ndarray, tiles: list[Tile], scale: float) -> bytes
     return buffer.getvalue()
 
 
-def geojson(tiles: list[Tile]) -> dict[str, Any]:
-    """Tiles as QuPath detections (File > Import objects): square polygons in level-0 pixels, p as a measurement."""
-    return {"type": "FeatureCollection", "features": [_feature(t) for t in tiles]}
+def geojson(tiles: list[Tile], names: list[str]) -> dict[str, Any]:
+    """Tiles as QuPath detections (File > Import objects): square polygons in level-0 pixels, classified by the
+    predicted class, its probabilities as measurements."""
+    return {"type": "FeatureCollection", "features": [_feature(t, names) for t in tiles]}
 
 
-def _feature(t: Tile) -> dict[str, Any]:
-    tumour = t.p >= 0.5
+def qupath_class(names: list[str], label: int) -> tuple[str, list[int]]:
+    """QuPath's name and colour for class `label`."""
+    from matplotlib import colormaps
+
+    known = QUPATH_CLASSES.get(names[label].lower())
+    if known:
+        return known
+    return names[label], [round(255 * c) for c in colormaps["tab10"](label % 10)[:3]]
+
+
+def _feature(t: Tile, names: list[str]) -> dict[str, Any]:
+    p = np.asarray(t.probabilities)
+    name, colour = qupath_class(names, names.index(predicted_class(names, p)))
     ring = [[t.x, t.y], [t.x + t.size, t.y], [t.x + t.size, t.y + t.size], [t.x, t.y + t.size], [t.x, t.y]]
+    measurements = {c: round(v, 6) for c, v in zip(probability_columns(names), class_values(names, p))}
     return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {"objectType": "detection",
-                           "classification": {"name": "Tumor" if tumour else "Normal",
-                                              "color": TUMOUR_COLOUR if tumour else NORMAL_COLOUR},
-                           "measurements": {"p_tumour": round(t.p, 6), "tissue": round(t.tissue, 3)}}}
+            "properties": {"objectType": "detection", "classification": {"name": name, "color": colour},
+                           "measurements": {**measurements, "tissue": round(t.tissue, 3)}}}
