@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 
 from runner.data import DataError, check_source, load_splits
 from runner.data.patches import load as patch_load
+from runner.data.patches.layouts import find
 from runner.data.patches.split import make_split
 from runner.spec.config import DataSpec
 
@@ -150,9 +152,12 @@ def test_manifest_split_column_and_integer_labels(tmp_path):
     rows = []
     for i in range(12):
         save(tmp_path / f"{i}.png", patch(i, 16))
-        rows.append({"path": f"{i}.png", "label": str(i % 2 * 10), "split": ("train", "val", "test")[i % 3]})
+        rows.append({"path": f"{i}.png", "label": str(i % 2 * 10), "split": ("train", "val", "test")[i % 3],
+                     "group": f"p{i // 2}"})
     s = load_splits("classification", spec("manifest", path=str(write_manifest(tmp_path, rows))), tmp_path / "c")
-    assert s.classes == ("0", "10") and s.split_note == "predefined (manifest split column)"
+    assert s.classes == ("0", "10")
+    assert s.split_note == "predefined (manifest split column); warning: 6 group(s) in more than one split (p0, p1, p2 " \
+                           "(and 3 more))"
     assert (len(s.train), len(s.valid), len(s.test)) == (4, 4, 4)
 
 
@@ -363,3 +368,18 @@ def test_the_command_refuses_a_broken_source_with_exit_2_and_writes_nothing(tmp_
     assert done.returncode == 2, done.stderr
     assert str(broken) in done.stderr and f"data.{key}" in done.stderr
     assert not (runs / "results.db").exists()
+
+
+def test_a_large_set_reports_damaged_files_when_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr("runner.data.patches.check.DECODE_CHECK_MAX", 0)  # headers only, as for a large set
+    write_classes(tmp_path / "data", per_class=6)
+    damaged = tmp_path / "data" / "stroma" / "4.jpg"
+    damaged.write_bytes(damaged.read_bytes()[:-200])  # its header still reads; its pixels do not
+    data = spec("folder", root=str(tmp_path / "data"))
+    check_source("classification", data)
+    cached = patch_load.cache_path(find(data), 0, tmp_path / "cache")
+    stale = save(cached.parent / "x.png", patch(0)).with_name(f".{cached.name}.{socket.gethostname()}.1.tmp")
+    stale.write_bytes(b"half a decoded copy of a killed job")
+    with pytest.raises(DataError, match=r"1 image file\(s\) under data.root cannot be read.*stroma/4\.jpg"):
+        load_splits("classification", data, tmp_path / "cache")
+    assert not [p for p in cached.parent.iterdir() if p.suffix in (".npy", ".tmp")]  # the stale one is gone too

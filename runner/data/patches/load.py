@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _write_decoded(catalog: Catalog, crop: int, path: Path) -> None:
     """Decode into a temporary .npy, then rename it into place: a crash never leaves half a cache file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    host = socket.gethostname()
+    for stale in path.parent.glob(f".{path.name}.{host}.*.tmp"):  # a killed decoder's: this one holds the lock
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{host}.{os.getpid()}.tmp")
     try:
         if catalog.source == "arrays":
             _write_npy(tmp, _array_patches(catalog, crop))

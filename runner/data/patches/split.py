@@ -42,7 +42,8 @@ def assign(catalog: Catalog, seed: int, cache_dir: Path | None) -> Assignment:
 
     `cache_dir` None makes the split without recording it (the check before a run writes nothing)."""
     if catalog.predefined:
-        return Assignment(tuple(item.split for item in catalog.items), f"predefined ({catalog.predefined})")
+        note = f"predefined ({catalog.predefined})" + _leaks(catalog)
+        return Assignment(tuple(item.split for item in catalog.items), note)
     path = record_path(catalog, seed, cache_dir) if cache_dir is not None else None
     split_of = read_record(path, catalog) if path is not None and path.is_file() else None
     if split_of is None:
@@ -51,6 +52,16 @@ def assign(catalog: Catalog, seed: int, cache_dir: Path | None) -> Assignment:
         if path is not None:
             write_record(path, catalog, split_of)
     return Assignment(split_of, _note(catalog, seed, path))
+
+
+def _leaks(catalog: Catalog) -> str:
+    """A warning for the report when the user's own splits share a group (the runner's never do)."""
+    splits_of: dict[str, set[str]] = {}
+    for item in catalog.items:
+        if item.group:
+            splits_of.setdefault(item.group, set()).add(item.split)
+    shared = sorted(g for g, splits in splits_of.items() if len(splits) > 1)
+    return f"; warning: {len(shared)} group(s) in more than one split ({few(shared, 3)})" if shared else ""
 
 
 def _groups(catalog: Catalog) -> np.ndarray | None:
