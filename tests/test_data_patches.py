@@ -344,11 +344,9 @@ family = "cnn"
 width = 4
 depth = 2
 """
-SPEC_REFUSES_FOLDER = pytest.mark.xfail(strict=True, reason="runner/spec/parse.py still refuses data.source = "
-                                        "'folder' for classification ('holds masks')")
 
 
-@pytest.mark.parametrize("source", [pytest.param("folder", marks=SPEC_REFUSES_FOLDER), "manifest"])
+@pytest.mark.parametrize("source", ["folder", "manifest"])
 def test_the_command_refuses_a_broken_source_with_exit_2_and_writes_nothing(tmp_path, source):
     write_classes(tmp_path / "data", per_class=6)
     broken = tmp_path / "data" / "tumour" / "3.png"

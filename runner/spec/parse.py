@@ -283,8 +283,12 @@ def _check_block(values: dict[str, Any], where: str, task: str | None, problems)
             problems.append((f"{where}.data.root", f"source {source!r} needs data.root = the folder with its files"))
         if source == "arrays" and not values.get("data.path"):
             problems.append((f"{where}.data.path", "source 'arrays' needs data.path = an .npz or .h5 file"))
-        if source in ("folder", "arrays") and task == "classification":
-            problems.append((f"{where}.data.source", f"{source!r} holds masks: use it with task = 'segmentation'"))
+        if source == "manifest" and not values.get("data.path"):
+            problems.append((f"{where}.data.path", "source 'manifest' needs data.path = a CSV with columns path and "
+                             "label (optional: split, group)"))
+        if source == "manifest" and task == "segmentation":
+            problems.append((f"{where}.data.source", "a manifest lists class labels; for segmentation use synthetic, "
+                             "folder or arrays"))
 
 
 # ---- search and final stage -----------------------------------------------------------------------------------
