@@ -13,17 +13,19 @@ import math
 import pandas as pd
 
 from reports import stats
-from reports.final import _METRIC_WORD, cost_words, p_words
-from reports.tables import HEADLINE_METRIC, PLAIN_FAMILIES, _missing
+from reports.final import cost_words, p_words
+from reports.tables import PLAIN_FAMILIES, Scoring, _missing, default_scoring
 
 MIN_SEEDS = 5  # below this a seed-to-seed spread is itself too uncertain to lean on
 
 
-def answer(table: pd.DataFrame, task: str) -> str:
-    """The paragraph, or '' when there is no final evaluation yet."""
+def answer(table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> str:
+    """The paragraph, or '' when there is no final evaluation yet. The best model has the highest mean headline
+    metric (the lowest for nll)."""
     if table.empty:
         return ""
-    headline = HEADLINE_METRIC[task]
+    scoring = scoring or default_scoring(task)
+    headline = scoring.test
     base = table["baseline"].iloc[0]
     if base is None:
         return ("No plain model (family cnn or unet) among the final models, so this experiment cannot say whether "
@@ -31,12 +33,11 @@ def answer(table: pd.DataFrame, task: str) -> str:
     means = table[f"{headline}_mean"]
     if means.isna().all():
         return ""
-    best = table.loc[means.idxmax()]
-    word = _METRIC_WORD[headline]
-    opening = f"Answer: {best['name']} has the best mean test {word}, {best[f'{headline}_mean']:.3f}"
+    best = table.loc[scoring.best_of(means)]
+    opening = f"Answer: {best['name']} has the best mean test {scoring.word}, {best[f'{headline}_mean']:.3f}"
     if best["family"] in PLAIN_FAMILIES:
-        return _plain_wins(table, best, opening, task)
-    parts = [opening + _versus_baseline(best, base, headline), _versus_strongest(table, best, task),
+        return _plain_wins(table, best, opening, scoring)
+    parts = [opening + _versus_baseline(best, base, headline), _versus_strongest(table, best, scoring),
              _cost(best, base), _weak(table, best, headline)]
     return " ".join(part for part in parts if part)
 
@@ -51,8 +52,8 @@ def _versus_baseline(best: pd.Series, base: str, headline: str) -> str:
             f"comparisons with {base}, {int(best['n_pairs'])} paired seeds), {verdict}.")
 
 
-def _versus_strongest(table: pd.DataFrame, best: pd.Series, task: str) -> str:
-    strongest, base = best["strongest"], best["baseline"]
+def _versus_strongest(table: pd.DataFrame, best: pd.Series, scoring: Scoring) -> str:
+    strongest, base, task = best["strongest"], best["baseline"], scoring.task
     if strongest is None:
         return ""
     tta_note = "" if table["tta"].any() or task != "classification" else (
@@ -61,11 +62,12 @@ def _versus_strongest(table: pd.DataFrame, best: pd.Series, task: str) -> str:
     if strongest == base:
         return f"No augmented or TTA plain model scores higher than {base}.{tta_note}"
     strong = table.loc[table["name"] == strongest].iloc[0]
-    head = (f"Against the strongest plain competitor, {strongest} ({strong[f'{HEADLINE_METRIC[task]}_mean']:.3f}), "
+    head = (f"Against the strongest plain competitor, {strongest} ({strong[f'{scoring.test}_mean']:.3f}), "
             f"it is {best['delta_vs_strongest']:+.3f}")
     if _missing(best["p_holm_vs_strongest"]):
         return f"{head} (too few paired seeds to test).{tta_note}"
-    survives = ("it still wins" if best["p_holm_vs_strongest"] < stats.ALPHA and best["delta_vs_strongest"] > 0
+    gain = best["delta_vs_strongest"] if scoring.maximize else -best["delta_vs_strongest"]
+    survives = ("it still wins" if best["p_holm_vs_strongest"] < stats.ALPHA and gain > 0
                 else "no evidence that it beats it")
     return (f"{head} (95 % CI [{best['strongest_ci_low']:+.3f}, {best['strongest_ci_high']:+.3f}], "
             f"{p_words('p_Holm', best['p_holm_vs_strongest'])}): {survives}.{tta_note}")
@@ -93,13 +95,13 @@ def _weak(table: pd.DataFrame, best: pd.Series, headline: str) -> str:
     return text + "."
 
 
-def _plain_wins(table: pd.DataFrame, best: pd.Series, opening: str, task: str) -> str:
+def _plain_wins(table: pd.DataFrame, best: pd.Series, opening: str, scoring: Scoring) -> str:
     """A plain model is best: say by how much it leads the best equivariant model, against which it was compared."""
     equivariant = table[~table["family"].isin(PLAIN_FAMILIES)]
-    means = equivariant[f"{HEADLINE_METRIC[task]}_mean"].dropna()
+    means = equivariant[f"{scoring.test}_mean"].dropna()
     if means.empty:
         return f"{opening}; there is no equivariant model to compare it with."
-    rival = equivariant.loc[means.idxmax()]
+    rival = equivariant.loc[scoring.best_of(means)]
     text = f"{opening}: no equivariant model beats the plain models here. The best one, {rival['name']}, is"
     if _missing(rival["p_holm_vs_strongest"]):
         return f"{text} {rival['delta_vs_strongest']:+.3f} against it (too few paired seeds to test)."

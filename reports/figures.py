@@ -16,9 +16,9 @@ from matplotlib.ticker import MaxNLocator
 
 from reports.tables import (
     FRACTION,
-    HEADLINE_METRIC,
     PLAIN_FAMILIES,
-    VALIDATION_METRIC,
+    Scoring,
+    default_scoring,
     display_name,
     group_sort_key,
     swept_hyperparameters,
@@ -28,18 +28,27 @@ MAX_LINES = 12  # more lines than this stop being readable; the best ones by val
 ROTATION_METRIC = {"classification": "accuracy", "segmentation": "dice"}
 _LABELS = {"valid_auc": "validation AUC", "valid_dice": "validation Dice", "test_auc": "test AUC",
            "test_dice": "test Dice", "accuracy": "test accuracy", "dice": "test Dice"}
+_SPLIT_WORDS = {"valid": "validation", "test": "test"}
 
 
 class Skipped(Exception):
     """A figure that the data cannot support; str(exception) says why."""
 
 
-def pick_lines(table: pd.DataFrame, task: str, limit: int = MAX_LINES) -> pd.DataFrame:
+def label(metric: str) -> str:
+    """'validation AUC', 'test NLL', 'test accuracy': an axis label for a recorded metric."""
+    if metric in _LABELS:
+        return _LABELS[metric]
+    split, _, stem = metric.partition("_")
+    return f"{_SPLIT_WORDS.get(split, split)} {Scoring('classification', stem).word}"
+
+
+def pick_lines(table: pd.DataFrame, task: str, limit: int = MAX_LINES, scoring: Scoring | None = None) -> pd.DataFrame:
     """The rows to draw: all if few, else the best `limit` by validation, always keeping the best plain model."""
     if len(table) <= limit:
         return table
-    valid = f"{VALIDATION_METRIC[task]}_mean"
-    ranked = table.sort_values(valid, ascending=False, kind="mergesort")
+    scoring = scoring or default_scoring(task)
+    ranked = table.sort_values(f"{scoring.valid}_mean", ascending=not scoring.maximize, kind="mergesort")
     plain = ranked[ranked["family"].isin(PLAIN_FAMILIES)].head(1)
     keep = pd.concat([plain, ranked.drop(plain.index)]).head(limit).index
     return table.loc[sorted(keep)]
@@ -85,15 +94,15 @@ def _legend(ax: Any, n: int) -> None:
     ax.legend(fontsize=8, ncol=2 if n > 6 else 1, frameon=False)
 
 
-def learning_curves(lines: pd.DataFrame, epochs: pd.DataFrame, task: str) -> Figure:
+def learning_curves(lines: pd.DataFrame, epochs: pd.DataFrame, task: str, scoring: Scoring | None = None) -> Figure:
     """Validation metric per epoch, mean ± std over seeds, one line per selected model."""
-    metric = VALIDATION_METRIC[task]
+    metric = (scoring or default_scoring(task)).valid
     if lines.empty or epochs.empty:
         raise Skipped(f"no per-epoch {metric} recorded for the selected models")
     figure, ax = _figure()
     _bands(ax, lines, epochs, "epoch", offset=1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel=_LABELS[metric], title="Learning curves (mean ± std over seeds)")
+    ax.set(xlabel="epoch", ylabel=label(metric), title="Learning curves (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     _legend(ax, len(lines))
     return figure
@@ -116,12 +125,12 @@ def rotation_curves(lines: pd.DataFrame, rotations: pd.DataFrame, task: str) -> 
     return figure
 
 
-def metric_vs_params(configs: pd.DataFrame, table: pd.DataFrame, task: str) -> Figure:
+def metric_vs_params(configs: pd.DataFrame, table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> Figure:
     """Headline test metric against parameter count: every config faint, selected models marked and named.
 
     configs: one row per hyperparameter set with family, params and `<headline>` (mean over seeds).
     """
-    headline = HEADLINE_METRIC[task]
+    headline = (scoring or default_scoring(task)).test
     if table.empty:
         raise Skipped("no finished jobs")
     if table["params"].isna().all():
@@ -137,8 +146,8 @@ def metric_vs_params(configs: pd.DataFrame, table: pd.DataFrame, task: str) -> F
                     xytext=(5, 4), fontsize=8)
     if configs["params"].max() > 5 * configs["params"].min():
         ax.set_xscale("log")
-    ax.set(xlabel="parameters", ylabel=_LABELS[headline],
-           title=f"{_LABELS[headline].capitalize()} against model size (selected: labelled)")
+    ax.set(xlabel="parameters", ylabel=label(headline),
+           title=f"{label(headline).capitalize()} against model size (selected: labelled)")
     ax.grid(alpha=0.3)
     _legend(ax, 2)
     return figure
@@ -148,9 +157,9 @@ def _nan_to_zero(value: float) -> float:
     return 0.0 if value is None or math.isnan(value) else value
 
 
-def metric_vs_group(table: pd.DataFrame, task: str) -> Figure:
+def metric_vs_group(table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> Figure:
     """Headline test metric per symmetry group (trivial → O2), one series per (family, augmentation)."""
-    headline = HEADLINE_METRIC[task]
+    headline = (scoring or default_scoring(task)).test
     if table.empty:
         raise Skipped("no finished jobs")
     groups = sorted(table["group"].unique(), key=group_sort_key)
@@ -162,20 +171,21 @@ def metric_vs_group(table: pd.DataFrame, task: str) -> Figure:
         ax.errorbar(x, part[f"{headline}_mean"], yerr=part[f"{headline}_std"].fillna(0), fmt="o-" if len(part) > 1
                     else "o", color=f"C{i}", capsize=3, label=display_name(family, "trivial", geometric))
     ax.set_xticks(range(len(groups)), groups)
-    ax.set(xlabel="symmetry group", ylabel=_LABELS[headline],
-           title=f"{_LABELS[headline].capitalize()} by symmetry group")
+    ax.set(xlabel="symmetry group", ylabel=label(headline),
+           title=f"{label(headline).capitalize()} by symmetry group")
     ax.grid(alpha=0.3, axis="y")
     _legend(ax, len(series))
     return figure
 
 
-def data_efficiency(selected: pd.DataFrame, task: str) -> Figure:
+def data_efficiency(selected: pd.DataFrame, task: str, scoring: Scoring | None = None) -> Figure:
     """Headline test metric against the share of training data, one line per model."""
-    headline = HEADLINE_METRIC[task]
+    scoring = scoring or default_scoring(task)
+    headline = scoring.test
     if FRACTION not in selected.columns or selected[FRACTION].nunique() < 2:
         raise Skipped("the experiment does not sweep data.fraction")
     lines = selected.drop_duplicates("name")
-    styles = _styles(pick_lines(lines, task))
+    styles = _styles(pick_lines(lines, task, scoring=scoring))
     figure, ax = _figure()
     for name, part in selected.groupby("name", sort=False):
         if name in styles:
@@ -184,16 +194,18 @@ def data_efficiency(selected: pd.DataFrame, task: str) -> Figure:
                   part[f"{headline}_std"].fillna(0).to_numpy(), name, {**styles[name], "marker": "o"})
     if selected[FRACTION].max() > 4 * selected[FRACTION].min():
         ax.set_xscale("log")
-    ax.set(xlabel="share of the training set (data.fraction)", ylabel=_LABELS[headline],
+    ax.set(xlabel="share of the training set (data.fraction)", ylabel=label(headline),
            title="Data efficiency (best config per fraction, mean ± std over seeds)")
     ax.grid(alpha=0.3)
     _legend(ax, len(styles))
     return figure
 
 
-def sensitivity(done: pd.DataFrame, task: str) -> Figure:
-    """Validation metric against each swept hyperparameter: per family, the best config (line) and the range."""
-    metric = VALIDATION_METRIC[task]
+def sensitivity(done: pd.DataFrame, task: str, scoring: Scoring | None = None) -> Figure:
+    """Validation metric against each swept hyperparameter: per family, the best config (line) and the range
+    (the best is the lowest for nll)."""
+    scoring = scoring or default_scoring(task)
+    metric = scoring.valid
     fields = swept_hyperparameters(done)
     if not fields:
         raise Skipped("no hyperparameter is swept (besides family, group, augmentation and seed)")
@@ -203,12 +215,12 @@ def sensitivity(done: pd.DataFrame, task: str) -> Figure:
     rows = math.ceil(len(fields) / columns)
     figure = Figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
     for index, field in enumerate(fields):
-        _sensitivity_panel(figure.add_subplot(rows, columns, index + 1), configs, field, metric)
+        _sensitivity_panel(figure.add_subplot(rows, columns, index + 1), configs, field, scoring)
     figure.suptitle("Hyperparameter sensitivity")
     return figure
 
 
-def _sensitivity_panel(ax: Any, configs: pd.DataFrame, field: str, metric: str) -> None:
+def _sensitivity_panel(ax: Any, configs: pd.DataFrame, field: str, scoring: Scoring) -> None:
     column = field.replace(".", "__")
     values = sorted(configs[column].unique(), key=lambda v: (isinstance(v, str), v if not isinstance(v, str)
                                                              else 0, str(v)))
@@ -218,13 +230,14 @@ def _sensitivity_panel(ax: Any, configs: pd.DataFrame, field: str, metric: str) 
         stats = part.groupby(column)["valid"].agg(["max", "min"]).reset_index()
         stats["x"] = stats[column].map(position)
         stats = stats.sort_values("x")
-        ax.plot(stats["x"], stats["max"], "o-", color=f"C{i}", label=family, markersize=4)
+        ax.plot(stats["x"], stats["max" if scoring.maximize else "min"], "o-", color=f"C{i}", label=family,
+                markersize=4)
         ax.fill_between(stats["x"], stats["min"], stats["max"], color=f"C{i}", alpha=0.15, linewidth=0)
     if numeric and min(values) > 0 and max(values) / min(values) >= 10:
         ax.set_xscale("log")
     if not numeric:
         ax.set_xticks(range(len(values)), [str(v) for v in values])
-    ax.set(xlabel=field, ylabel=_LABELS[metric])
+    ax.set(xlabel=field, ylabel=label(scoring.valid))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
 
@@ -249,6 +262,8 @@ def sample_grid(lines: pd.DataFrame, samples: dict[int, dict[str, np.ndarray]], 
         row[0].set_ylabel(name, fontsize=9)
     caption = ("label y, predicted P(tumour) p; green = correct" if task == "classification"
                else "green: ground-truth mask, dashed magenta: prediction ≥ 0.5")
+    if task == "classification" and any(np.ndim(s["probs"]) == 2 and np.shape(s["probs"])[1] > 2 for _, s in shown):
+        caption = "true class y, predicted class with its probability; green = correct"
     figure.suptitle(f"Test samples ({caption})", fontsize=10)
     return figure
 
@@ -264,8 +279,51 @@ def _sample_panel(ax: Any, sample: dict[str, np.ndarray], i: int, task: str) -> 
                            linestyles=style)
         return
     probs = np.asarray(sample["probs"])
-    label, prob = int(sample["labels"][i]), float(probs[i, -1] if probs.ndim == 2 else probs[i])
-    ax.set_title(f"y={label} p={prob:.2f}", fontsize=8, color="green" if (prob >= 0.5) == bool(label) else "red")
+    truth = int(sample["labels"][i])
+    if probs.ndim == 2 and probs.shape[1] > 2:
+        names = [str(c) for c in sample["classes"]] if "classes" in sample else [str(k) for k in range(probs.shape[1])]
+        guess = int(probs[i].argmax())
+        ax.set_title(f"y={names[truth]}\n{names[guess]} {probs[i, guess]:.2f}", fontsize=7,
+                     color="green" if guess == truth else "red")
+        return
+    prob = float(probs[i, -1] if probs.ndim == 2 else probs[i])
+    ax.set_title(f"y={truth} p={prob:.2f}", fontsize=8, color="green" if (prob >= 0.5) == bool(truth) else "red")
+
+
+def confusion_matrices(lines: pd.DataFrame, confusions: dict[int, dict[str, Any]], max_models: int = 6) -> Figure:
+    """One test confusion matrix per model (rows true, columns predicted): the counts summed over the model's seeds
+    that stored one, each cell shown as the mean count per seed and coloured by its share of the true class."""
+    shown = []
+    for _, row in lines.iterrows():
+        stored = [confusions[j] for j in row["job_ids"] if j in confusions]
+        if stored:
+            shown.append((row["name"], stored))
+    if not shown:
+        raise Skipped("no selected job stored a confusion.json artifact")
+    shown = shown[:max_models]
+    classes = [str(c) for c in shown[0][1][0]["classes"]]
+    side = 1.2 + 0.55 * len(classes)
+    figure = Figure(figsize=(max(side * len(shown) + 0.4, 5.0), side + 1.1), layout="constrained")
+    for index, (name, stored) in enumerate(shown):
+        _confusion_panel(figure.add_subplot(1, len(shown), index + 1), name, stored, classes)
+    figure.suptitle("Test confusion matrices: rows true, columns predicted\n(mean count per seed; colour: share of "
+                    "the true class)", fontsize=9)
+    return figure
+
+
+def _confusion_panel(ax: Any, name: str, stored: list[dict[str, Any]], classes: list[str]) -> None:
+    counts = np.sum([np.asarray(c["matrix"], dtype=float) for c in stored], axis=0)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    mean = counts / len(stored)
+    for (r, c), value in np.ndenumerate(mean):
+        ax.text(c, r, f"{value:.3g}", ha="center", va="center", fontsize=7,
+                color="white" if share[r, c] > 0.6 else "black")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(ticks, classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(f"{name} ({len(stored)} seed{'s' if len(stored) != 1 else ''})", fontsize=9)
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ baseline. Against the strongest plain row (highest mean headline metric among th
 without augmentation and TTA), each equivariant row's paired difference, Holm-adjusted over the equivariant rows.
 The baseline is the plain CNN (family cnn or unet, group trivial, no geometric augmentation, no TTA), else the first
 plain-family model; without one the differences are NaN and the words say why.
+The headline metric is the experiment's (reports.tables.Scoring: eval.metric, AUC by default); for nll lower is
+better, so "strongest" and "best" mean lowest there, and a negative difference is a gain.
 """
 from __future__ import annotations
 
@@ -24,27 +26,26 @@ from reports import stats
 from reports.tables import (
     COST_METRICS,
     ERROR_METRICS,
-    HEADLINE_METRIC,
     PLAIN_FAMILIES,
     ROW_KEYS,
-    TEST_METRICS,
-    VALIDATION_METRIC,
+    Scoring,
     _HEADERS,
     _count,
     _describe,
     _missing,
     _order_key,
+    default_scoring,
     display_name,
 )
 
-_METRIC_WORD = {"test_auc": "AUC", "test_dice": "Dice"}
 TTA_SUFFIX = " +TTA"
 CALIBRATION_BINS = 10
 EQUAL_PARAMS = 0.05  # parameter counts within 5 % are "equal" in the words (G-CNNs are matched within 10 %)
 _PATCH_CI = ("test_auc", "test_auc_low", "test_auc_high")
 
 
-def final_table(jobs: pd.DataFrame, trials: pd.DataFrame, task: str, fields: list[str]) -> pd.DataFrame:
+def final_table(jobs: pd.DataFrame, trials: pd.DataFrame, task: str, fields: list[str],
+                scoring: Scoring | None = None) -> pd.DataFrame:
     """One row per final model, plus a +TTA row per model with TTA metrics (numeric; what the CSV holds).
     `fields`: the searched config keys to describe.
 
@@ -54,8 +55,10 @@ def final_table(jobs: pd.DataFrame, trials: pd.DataFrame, task: str, fields: lis
     seeds_for_power; train_time_ratio, eval_time_ratio, params_ratio (to the baseline); strongest,
     delta_vs_strongest, strongest_ci_low, strongest_ci_high, p_vs_strongest, p_holm_vs_strongest; the mean of each
     error and cost metric; patch_ci_seed, test_auc_patch, test_auc_patch_low, test_auc_patch_high; job_ids.
+    `scoring`: default_scoring(task) if not given.
     """
-    headline = HEADLINE_METRIC[task]
+    scoring = scoring or default_scoring(task)
+    headline = scoring.test
     if headline not in jobs.columns:
         return pd.DataFrame()
     done = jobs[(jobs["status"] == "done") & jobs[headline].notna()]
@@ -64,26 +67,27 @@ def final_table(jobs: pd.DataFrame, trials: pd.DataFrame, task: str, fields: lis
         done.drop(columns=["stream"], errors="ignore"), on="job_id")
     if finals.empty:
         return pd.DataFrame()
-    finals = with_tta_rows(finals, task)
-    rows = [_model_row(stream, part, task) for stream, part in finals.groupby("stream", sort=False)]
+    finals = with_tta_rows(finals, scoring)
+    rows = [_model_row(stream, part, scoring) for stream, part in finals.groupby("stream", sort=False)]
     table = pd.DataFrame(rows)
     table["hyperparameters"] = _describe(finals, [f for f in fields if f in finals.columns], "{:.3g}").reindex(
         table.pop("config_key")).values
     table = table.sort_values([*ROW_KEYS, "stream"], key=_order_key, kind="mergesort").reset_index(drop=True)
     table["name"] = _unique_names(table)
-    return _with_differences(table, finals, task)
+    return _with_differences(table, finals, scoring)
 
 
-def with_tta_rows(finals: pd.DataFrame, task: str) -> pd.DataFrame:
+def with_tta_rows(finals: pd.DataFrame, scoring: Scoring) -> pd.DataFrame:
     """`finals` plus a copy of every job that recorded TTA metrics, in its own stream '<stream> +TTA', its test
     metrics and evaluation speed replaced by the TTA ones; measures of the single prediction are blanked."""
+    task = scoring.task
     finals = finals.assign(tta=False)
     if task != "classification" or "test_tta_auc" not in finals.columns:
         return finals
     copies = finals[finals["test_tta_auc"].notna()].copy()
     if copies.empty:
         return finals
-    for metric in (*TEST_METRICS[task], "test_ece"):
+    for metric in (*scoring.test_metrics, "test_ece"):
         copies[metric] = copies.get(metric.replace("test_", "test_tta_", 1), math.nan)
     copies["eval_images_per_s"] = copies.get("tta_eval_images_per_s", math.nan)
     blank = [c for c in copies.columns if c.startswith("calib_bin") or c in (*ERROR_METRICS[task], *_PATCH_CI[1:])]
@@ -93,17 +97,17 @@ def with_tta_rows(finals: pd.DataFrame, task: str) -> pd.DataFrame:
     return pd.concat([finals, copies], ignore_index=True)
 
 
-def _model_row(stream: str, part: pd.DataFrame, task: str) -> dict:
-    part = part.reindex(columns=list(dict.fromkeys([*part.columns, *TEST_METRICS[task], *ERROR_METRICS[task],
-                                                    *COST_METRICS, VALIDATION_METRIC[task], "test_ece",
-                                                    *_PATCH_CI])))
+def _model_row(stream: str, part: pd.DataFrame, scoring: Scoring) -> dict:
+    task = scoring.task
+    part = part.reindex(columns=list(dict.fromkeys([*part.columns, *scoring.test_metrics, *ERROR_METRICS[task],
+                                                    *COST_METRICS, scoring.valid, "test_ece", *_PATCH_CI])))
     first = part.iloc[0]
     row = {"stream": stream, **{key: first[key] for key in ROW_KEYS}, "tta": bool(first["tta"]),
            "config_key": first["config_key"], "n_seeds": part["seed"].nunique(),
            "seeds": " ".join(map(str, sorted(part["seed"].astype(int)))),
            "params": part["params"].astype(float).mean(),
-           f"{VALIDATION_METRIC[task]}_mean": part[VALIDATION_METRIC[task]].mean()}
-    for metric in TEST_METRICS[task]:
+           f"{scoring.valid}_mean": part[scoring.valid].mean()}
+    for metric in scoring.test_metrics:
         summary = stats.summarize(part[metric].to_numpy(dtype=float))
         row.update({f"{metric}_mean": summary.mean, f"{metric}_std": summary.std, f"{metric}_ci_low": summary.low,
                     f"{metric}_ci_high": summary.high})
@@ -141,10 +145,10 @@ def baseline_index(table: pd.DataFrame) -> int | None:
     return None
 
 
-def strongest_index(table: pd.DataFrame, task: str) -> int | None:
+def strongest_index(table: pd.DataFrame, scoring: Scoring) -> int | None:
     """The plain-family row (with or without augmentation and TTA) with the best mean headline metric."""
-    plain = table[table["family"].isin(PLAIN_FAMILIES)][f"{HEADLINE_METRIC[task]}_mean"].dropna()
-    return int(plain.idxmax()) if not plain.empty else None
+    plain = table[table["family"].isin(PLAIN_FAMILIES)][f"{scoring.test}_mean"].dropna()
+    return int(scoring.best_of(plain)) if not plain.empty else None
 
 
 def _compare(table: pd.DataFrame, by_seed: dict, reference: int | None,
@@ -159,8 +163,8 @@ def _compare(table: pd.DataFrame, by_seed: dict, reference: int | None,
     return differences, stats.holm([d.p_value for d in differences])
 
 
-def _with_differences(table: pd.DataFrame, finals: pd.DataFrame, task: str) -> pd.DataFrame:
-    headline = HEADLINE_METRIC[task]
+def _with_differences(table: pd.DataFrame, finals: pd.DataFrame, scoring: Scoring) -> pd.DataFrame:
+    headline = scoring.test
     by_seed = {stream: part.groupby("seed")[headline].mean() for stream, part in finals.groupby("stream")}
     base = baseline_index(table)
     differences, holm = _compare(table, by_seed, base, pd.Series(True, table.index))
@@ -177,7 +181,7 @@ def _with_differences(table: pd.DataFrame, finals: pd.DataFrame, task: str) -> p
     table["seeds_for_power"] = [stats.seeds_for_power(d.mean, d.std) if not p < stats.ALPHA else math.nan
                                 for d, p in zip(differences, holm)]
     table = _with_cost_ratios(table, base)
-    strongest = strongest_index(table, task)
+    strongest = strongest_index(table, scoring)
     against, holm_against = _compare(table, by_seed, strongest, ~table["family"].isin(PLAIN_FAMILIES))
     table["strongest"] = table.at[strongest, "name"] if strongest is not None else None
     table["delta_vs_strongest"] = [d.mean for d in against]
@@ -185,7 +189,7 @@ def _with_differences(table: pd.DataFrame, finals: pd.DataFrame, task: str) -> p
     table["strongest_ci_high"] = [d.high for d in against]
     table["p_vs_strongest"] = [d.p_value for d in against]
     table["p_holm_vs_strongest"] = holm_against
-    return table[_columns(task)]
+    return table[_columns(scoring)]
 
 
 def _with_cost_ratios(table: pd.DataFrame, base: int | None) -> pd.DataFrame:
@@ -197,11 +201,11 @@ def _with_cost_ratios(table: pd.DataFrame, base: int | None) -> pd.DataFrame:
                         params_ratio=table["params"] / table.at[base, "params"])
 
 
-def _columns(task: str) -> list[str]:
-    headline = HEADLINE_METRIC[task]
+def _columns(scoring: Scoring) -> list[str]:
+    headline, task = scoring.test, scoring.task
     columns = ["name", *ROW_KEYS, "tta", "stream", "hyperparameters", "n_seeds", "seeds", "params",
-               f"{VALIDATION_METRIC[task]}_mean"]
-    for metric in TEST_METRICS[task]:
+               f"{scoring.valid}_mean"]
+    for metric in scoring.test_metrics:
         columns += [f"{metric}_{part}" for part in ("mean", "std", "ci_low", "ci_high")]
     return columns + ["test_ece_mean", "baseline", "n_pairs", f"delta_{headline}", "delta_ci_low", "delta_ci_high",
                       "delta_std", "p_value", "p_holm", "holm_m", "seeds_for_power", "train_time_ratio",
@@ -232,20 +236,21 @@ def reliability(table: pd.DataFrame, jobs: pd.DataFrame) -> pd.DataFrame:
 
 # ---- display -------------------------------------------------------------------------------------------------
 
-def format_final(table: pd.DataFrame, task: str) -> pd.DataFrame:
+def format_final(table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> pd.DataFrame:
     """Display strings: 'mean ± std [low, high]' per test metric, ECE, the differences with their intervals, raw and
     Holm p (the header names the family), the cost against the baseline, errors and costs."""
-    headline = HEADLINE_METRIC[task]
+    scoring = scoring or default_scoring(task)
+    headline = scoring.test
     base = table["baseline"].iloc[0]
     out = pd.DataFrame({"Model": table["name"], "Hyperparameters": table["hyperparameters"].replace("", "–"),
                         "Seeds": table["n_seeds"].map(str), "Params": table["params"].map(_count)})
-    for metric in TEST_METRICS[task]:
-        out[f"{_HEADERS[metric]} (95 % CI)"] = [
+    for metric in scoring.test_metrics:
+        out[f"{scoring.header(metric)} (95 % CI)"] = [
             _with_interval(row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_ci_low"],
                            row[f"{metric}_ci_high"]) for _, row in table.iterrows()]
     if table["test_ece_mean"].notna().any():
         out["ECE"] = table["test_ece_mean"].map(lambda v: _missing(v) or f"{v:.3f}")
-    word = _METRIC_WORD[headline]
+    word = scoring.word
     out[f"Δ {word} vs {base or 'plain'} (95 % CI)"] = [
         _delta_text(row[f"delta_{headline}"], row["delta_ci_low"], row["delta_ci_high"]) for _, row in table.iterrows()]
     out["p"] = [_p_text(p) for p in table["p_value"]]
@@ -299,7 +304,7 @@ def _p_text(p: float) -> str:
 
 # ---- the table in words --------------------------------------------------------------------------------------
 
-def findings(table: pd.DataFrame, task: str) -> tuple[str, ...]:
+def findings(table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> tuple[str, ...]:
     """One sentence per model against the baseline: difference, interval, raw and Holm p, cost; in words when the
     evidence is weak, with the paired seeds that would detect the observed difference at 80 % power."""
     if table.empty:
@@ -307,12 +312,13 @@ def findings(table: pd.DataFrame, task: str) -> tuple[str, ...]:
     base = table["baseline"].iloc[0]
     if base is None:
         return ("No plain model (family cnn or unet) among the final models: no differences to report.",)
-    return tuple(_sentence(row, base, task) for _, row in table.iterrows() if row["name"] != base)
+    scoring = scoring or default_scoring(task)
+    return tuple(_sentence(row, base, scoring) for _, row in table.iterrows() if row["name"] != base)
 
 
-def _sentence(row: pd.Series, base: str, task: str) -> str:
-    headline = HEADLINE_METRIC[task]
-    word, n = _METRIC_WORD[headline], int(row["n_pairs"])
+def _sentence(row: pd.Series, base: str, scoring: Scoring) -> str:
+    headline = scoring.test
+    word, n = scoring.word, int(row["n_pairs"])
     if n == 0:
         return f"{row['name']}: no final seed in common with {base}, so no paired comparison."
     head = f"{row['name']}: {row[f'delta_{headline}']:+.3f} {word} vs {base}"

@@ -43,6 +43,7 @@ TRIAL_COLUMNS = ("trial_id", "experiment", "stream", "role", "number", "params",
 # Config fields that vary between replicates of one hyperparameter set (the training seed), or are constant.
 REPLICATE_FIELDS = ("seed", "experiment", "task")
 SAMPLES_ARTIFACT = "samples.npz"
+CONFUSION_ARTIFACT = "confusion.json"  # runner/training/loop.py: classes, matrix, split_note, data
 
 
 class ReportError(ValueError):
@@ -297,17 +298,30 @@ def _read_by_jobs(engine: Engine, statement: Any, model: Any, job_ids: Iterable[
 
 def load_samples(source: Source, job_ids: Iterable[int]) -> dict[int, dict[str, np.ndarray]]:
     """The `samples.npz` artifact of each given job that has one: {job_id: {"images": ..., "probs": ...}}."""
-    engine = connect(source)
-    ids = sorted({int(job_id) for job_id in job_ids})
-    statement = (select(ArtifactModel.job_id, ArtifactModel.data)
-                 .where(ArtifactModel.name == SAMPLES_ARTIFACT, ArtifactModel.job_id.in_(ids)))
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(statement).all()
-    except SQLAlchemyError as exc:
-        raise ReportError(f"cannot read the results database {engine.url!r}: {exc}") from exc
     samples = {}
-    for job_id, data in rows:
+    for job_id, data in _artifacts(source, job_ids, SAMPLES_ARTIFACT):
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             samples[int(job_id)] = {name: archive[name] for name in archive.files}
     return samples
+
+
+def load_confusions(source: Source, job_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The `confusion.json` artifact of each given job that has one: {job_id: {"classes": [...], "matrix": [[...]]
+    (rows true, columns predicted), "split_note": ..., "data": ...}}."""
+    return {job_id: json.loads(data) for job_id, data in _artifacts(source, job_ids, CONFUSION_ARTIFACT)}
+
+
+def _artifacts(source: Source, job_ids: Iterable[int], name: str) -> list[tuple[int, bytes]]:
+    """(job_id, bytes) of the artifact `name` of the given jobs that stored one."""
+    engine = connect(source)
+    ids = sorted({int(job_id) for job_id in job_ids})
+    rows = []
+    for start in range(0, len(ids), 500):  # below every backend's bound-parameter limit, as _read_by_jobs
+        statement = (select(ArtifactModel.job_id, ArtifactModel.data)
+                     .where(ArtifactModel.name == name, ArtifactModel.job_id.in_(ids[start:start + 500])))
+        try:
+            with engine.connect() as connection:
+                rows += connection.execute(statement).all()
+        except SQLAlchemyError as exc:
+            raise ReportError(f"cannot read the results database {engine.url!r}: {exc}") from exc
+    return [(int(job_id), bytes(data)) for job_id, data in rows]

@@ -21,6 +21,7 @@ from reports.load import (
     experiment_ids,
     load,
     load_epochs,
+    load_confusions,
     load_experiments,
     load_rotations,
     load_samples,
@@ -36,6 +37,8 @@ CAPTIONS = {
     "sensitivity": ("Validation metric against each swept hyperparameter, per family: the line is the best "
                     "configuration at each value, the band the range over the other settings."),
     "samples": "Test patches with the model's predictions.",
+    "confusion": ("Test confusion matrix per model (rows the true class, columns the predicted one), counts summed "
+                  "over the model's seeds and shown as the mean per seed; colour is the share of the true class."),
     **study_report.CAPTIONS,
 }
 
@@ -81,9 +84,12 @@ def _intro(url: str, sections: list[html.Section]) -> str:
 def _render_experiment(engine: Source, name: str, task: str, out_dir: Path, written: list[Path]) -> html.Section:
     jobs = load(engine, name)
     folder = out_dir / _slug(name)
-    selected = tables.select_models(jobs, task)
-    study = study_report.view(engine, name, task, jobs)  # None for a plain grid
-    table, formatted, caption, latex_caption = _headline(name, task, selected, study)
+    done_ids = jobs.loc[jobs["status"] == "done", "job_id"] if task == "classification" else []
+    confusions = load_confusions(engine, done_ids)
+    scoring = tables.scoring_of(jobs, task, _classes(confusions))
+    selected = tables.select_models(jobs, task, scoring)
+    study = study_report.view(engine, name, task, jobs, scoring)  # None for a plain grid
+    table, formatted, caption, latex_caption = _headline(name, task, selected, study, scoring)
     files = {"table.md": tables.to_markdown(formatted), "table.csv": tables.to_csv(table),
              "table.tex": tables.to_latex(formatted, latex_caption, f"tab:{_slug(name)}")}
     if study is not None:
@@ -91,9 +97,10 @@ def _render_experiment(engine: Source, name: str, task: str, out_dir: Path, writ
     written += [_write(folder / file, text.encode()) for file, text in files.items()]
     # +TTA rows re-use their model's jobs: the per-model figures draw each model once.
     models = table[~table["tta"]] if "tta" in table.columns else table
-    lines = figures.pick_lines(models, task) if not models.empty else models
-    drawn, skipped = _figures(engine, jobs, selected, models, lines, task, folder, written, study)
-    notes = _notes(jobs, task, len(models), len(lines)) + (study.notes if study is not None else ())
+    lines = figures.pick_lines(models, task, scoring=scoring) if not models.empty else models
+    drawn, skipped = _figures(engine, jobs, selected, models, lines, scoring, folder, written, study, confusions)
+    notes = (_notes(jobs, scoring, len(models), len(lines)) + _data_notes(confusions, scoring)
+             + (study.notes if study is not None else ()))
     extras = (("Search: trials per model, pruned and complete", study.counts),) if study is not None else ()
     return html.Section(experiment=name, task=task, status_counts=_status_counts(jobs), notes=notes,
                         table=formatted, figures=drawn, skipped=skipped,
@@ -102,14 +109,19 @@ def _render_experiment(engine: Source, name: str, task: str, out_dir: Path, writ
                         answer=study.answer if study is not None else "")
 
 
-def _headline(name: str, task: str, selected: pd.DataFrame,
-              study: study_report.StudyView | None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+def _classes(confusions: dict[int, dict]) -> tuple[str, ...]:
+    """The class names the experiment's jobs stored with their confusion matrices (the first job's)."""
+    return tuple(str(c) for c in confusions[min(confusions)]["classes"]) if confusions else ()
+
+
+def _headline(name: str, task: str, selected: pd.DataFrame, study: study_report.StudyView | None,
+              scoring: tables.Scoring) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
     """(numeric table, display table, caption, LaTeX caption): a study's final evaluation once it has a done job,
     else the best configuration per model on validation."""
     if study is not None and not study.final.empty:
         return study.final, study.formatted, study_report.FINAL_CAPTION, f"{name}: {study_report.FINAL_CAPTION}"
-    table = tables.comparison_table(selected, task)
-    formatted = tables.format_table(table, task) if not table.empty else pd.DataFrame()
+    table = tables.comparison_table(selected, task, scoring)
+    formatted = tables.format_table(table, task, scoring) if not table.empty else pd.DataFrame()
     latex = f"{name}: best configuration per model on validation; test metrics mean ± std over seeds"
     return table, formatted, html.TABLE_CAPTION, latex
 
@@ -118,10 +130,13 @@ Drawn = tuple[tuple[html.Figure, ...], tuple[tuple[str, str], ...]]  # (figures,
 
 
 def _figures(engine: Source, jobs: pd.DataFrame, selected: pd.DataFrame, table: pd.DataFrame, lines: pd.DataFrame,
-             task: str, folder: Path, written: list[Path], study: study_report.StudyView | None) -> Drawn:
-    builders = _builders(engine, jobs, selected, table, lines, task)
+             scoring: tables.Scoring, folder: Path, written: list[Path], study: study_report.StudyView | None,
+             confusions: dict[int, dict]) -> Drawn:
+    builders = _builders(engine, jobs, selected, table, lines, scoring)
+    if confusions:  # only jobs that stored one: older databases keep exactly their figures and notes
+        builders["confusion"] = lambda: figures.confusion_matrices(lines, confusions)
     if study is not None:
-        builders.update(study_report.figure_builders(study, task))
+        builders.update(study_report.figure_builders(study, scoring.task, scoring))
     drawn, skipped = [], []
     for name, build in builders.items():
         try:
@@ -138,26 +153,27 @@ def _figures(engine: Source, jobs: pd.DataFrame, selected: pd.DataFrame, table: 
 
 
 def _builders(engine: Source, jobs: pd.DataFrame, selected: pd.DataFrame, table: pd.DataFrame,
-              lines: pd.DataFrame, task: str) -> dict[str, Callable[[], Figure]]:
+              lines: pd.DataFrame, scoring: tables.Scoring) -> dict[str, Callable[[], Figure]]:
     """Each figure as a thunk, so its data is only read when it is drawn; the order is the page's order."""
-    done = tables.done_jobs(jobs, task)
+    task = scoring.task
+    done = tables.done_jobs(jobs, task, scoring)
     job_ids = [j for ids in lines.get("job_ids", []) for j in ids]
     first_jobs = [ids[0] for ids in lines.get("job_ids", [])]
     return {
         "learning_curves": lambda: figures.learning_curves(
-            lines, load_epochs(engine, job_ids, [tables.VALIDATION_METRIC[task]]), task),
+            lines, load_epochs(engine, job_ids, [scoring.valid]), task, scoring),
         "rotation": lambda: figures.rotation_curves(
             lines, load_rotations(engine, job_ids, [figures.ROTATION_METRIC[task]]), task),
-        "params": lambda: figures.metric_vs_params(_config_means(done, task), lines, task),
-        "groups": lambda: figures.metric_vs_group(table, task),
-        "data_efficiency": lambda: figures.data_efficiency(selected, task),
-        "sensitivity": lambda: figures.sensitivity(done, task),
+        "params": lambda: figures.metric_vs_params(_config_means(done, scoring), lines, task, scoring),
+        "groups": lambda: figures.metric_vs_group(table, task, scoring),
+        "data_efficiency": lambda: figures.data_efficiency(selected, task, scoring),
+        "sensitivity": lambda: figures.sensitivity(done, task, scoring),
         "samples": lambda: figures.sample_grid(lines, load_samples(engine, first_jobs), task),
     }
 
 
-def _config_means(done: pd.DataFrame, task: str) -> pd.DataFrame:
-    headline = tables.HEADLINE_METRIC[task]
+def _config_means(done: pd.DataFrame, scoring: tables.Scoring) -> pd.DataFrame:
+    headline = scoring.test
     if done.empty or headline not in done.columns:
         return pd.DataFrame(columns=["family", "params", headline])
     return done.groupby("config_key").agg(family=("family", "first"), params=("params", "mean"),
@@ -170,9 +186,9 @@ def _status_counts(jobs: pd.DataFrame) -> tuple[tuple[str, int], ...]:
     return tuple((status, int(counts[status])) for status in order)
 
 
-def _notes(jobs: pd.DataFrame, task: str, n_rows: int, n_lines: int) -> tuple[str, ...]:
+def _notes(jobs: pd.DataFrame, scoring: tables.Scoring, n_rows: int, n_lines: int) -> tuple[str, ...]:
     """Plain-words account of what is missing, so a partial report is never mistaken for a complete one."""
-    metric = tables.VALIDATION_METRIC[task]
+    metric = scoring.valid
     notes = []
     if jobs.empty:
         return ("The experiment has no jobs yet.",)
@@ -191,6 +207,20 @@ def _notes(jobs: pd.DataFrame, task: str, n_rows: int, n_lines: int) -> tuple[st
     if n_rows > n_lines:
         notes.append(f"Figures show {n_lines} of the {n_rows} models in the table (the best on validation, "
                      "always including the best plain model).")
+    return tuple(notes)
+
+
+def _data_notes(confusions: dict[int, dict], scoring: tables.Scoring) -> tuple[str, ...]:
+    """What the models were trained and tested on, from the jobs' confusion artifacts: the data, the class names
+    in label order, how the splits were made, and which metric judges them."""
+    if not confusions:
+        return ()
+    facts = list(dict.fromkeys((str(c.get("data", "")), str(c.get("split_note", "")))
+                               for _, c in sorted(confusions.items())))
+    notes = [f"Data: {data or 'not described'}; split: {note or 'the source’s own (predefined) splits'}."
+             for data, note in facts[:3]]
+    notes.append(f"Classes (label order): {', '.join(_classes(confusions))}; models are selected on validation "
+                 f"{scoring.word} ({'lower' if not scoring.maximize else 'higher'} is better).")
     return tuple(notes)
 
 

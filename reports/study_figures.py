@@ -14,19 +14,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from reports.figures import _LABELS, Skipped, _figure, _legend
-from reports.final import _METRIC_WORD
-from reports.tables import HEADLINE_METRIC, PLAIN_FAMILIES
+from reports.figures import Skipped, _figure, _legend, label
+from reports.tables import PLAIN_FAMILIES, Scoring, default_scoring
 from runner.spec.search import METRIC_DIRECTIONS
 
 _MARKERS = {"complete": ("o", 28), "pruned": ("x", 30), "failed": ("v", 24), "running": ("s", 18)}
 
 
-def forest(table: pd.DataFrame, task: str) -> Figure:
+def forest(table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> Figure:
     """Each model's paired difference to the baseline with its 95 % t interval; the zero line is 'no gain'. Plain
     models (augmented, +TTA) are squares, equivariant ones circles; the dashed line is the strongest plain model,
-    so a G-CNN right of it beats learning the symmetry too."""
-    headline = HEADLINE_METRIC[task]
+    so a G-CNN right of it beats learning the symmetry too (left of it for nll, where lower is better)."""
+    scoring = scoring or default_scoring(task)
+    headline = scoring.test
     delta = f"delta_{headline}"
     if table.empty or "baseline" not in table.columns:
         raise Skipped("no final evaluation job is done yet")
@@ -39,8 +39,10 @@ def forest(table: pd.DataFrame, task: str) -> Figure:
     y = np.arange(len(rows))[::-1]
     low = (rows[delta] - rows["delta_ci_low"]).fillna(0).clip(lower=0)
     high = (rows["delta_ci_high"] - rows[delta]).fillna(0).clip(lower=0)
-    colors = [_evidence_color(lo, hi, p) for lo, hi, p in zip(rows["delta_ci_low"], rows["delta_ci_high"],
-                                                               rows["p_holm"])]
+    # Green is a gain whichever way is better: for nll the interval of the loss's fall.
+    gains = (zip(rows["delta_ci_low"], rows["delta_ci_high"]) if scoring.maximize
+             else zip(-rows["delta_ci_high"], -rows["delta_ci_low"]))
+    colors = [_evidence_color(lo, hi, p) for (lo, hi), p in zip(gains, rows["p_holm"])]
     for yi, (_, row), lo, hi, color in zip(y, rows.iterrows(), low, high, colors):
         marker = "s" if row["family"] in PLAIN_FAMILIES else "o"
         ax.errorbar(row[delta], yi, xerr=[[lo], [hi]], fmt=marker, color=color, capsize=4, markersize=6)
@@ -50,7 +52,7 @@ def forest(table: pd.DataFrame, task: str) -> Figure:
     _strongest_line(ax, table, delta)
     ax.set_yticks(y, rows["name"])
     ax.set_ylim(-0.8, len(rows) - 0.2)
-    ax.set(xlabel=f"Δ test {_METRIC_WORD[headline]} vs {table['baseline'].iloc[0]} (paired by seed)",
+    ax.set(xlabel=f"Δ test {scoring.word} vs {table['baseline'].iloc[0]} (paired by seed)",
            title="Difference to the plain model, 95 % t CI (coloured: Holm p < 0.05)")
     ax.grid(alpha=0.3, axis="x")
     return figure
@@ -80,28 +82,30 @@ def _pairs_label(row: pd.Series) -> str:
     return text if p is None or math.isnan(p) else f"{text}, p_Holm={p:.2g}"
 
 
-def cost(table: pd.DataFrame, task: str) -> Figure:
+def cost(table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> Figure:
     """The Pareto view: mean test metric (95 % t CI over seeds) against training time per job, and against
     evaluation speed; the line joins the models no other model beats on both axes."""
-    headline = HEADLINE_METRIC[task]
+    scoring = scoring or default_scoring(task)
+    headline = scoring.test
     if table.empty or f"{headline}_mean" not in table.columns:
         raise Skipped("no final evaluation job is done yet")
     rows = table.dropna(subset=[f"{headline}_mean"])
-    panels = [(x, label, cheaper) for x, label, cheaper in (
+    panels = [(x, axis, cheaper) for x, axis, cheaper in (
         ("train_seconds", "training time per job (s)", "lower"),
         ("eval_images_per_s", "evaluation images / s", "higher")) if rows[x].notna().any()]
     if not panels:
         raise Skipped("no job recorded its training time or evaluation speed")
     figure = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
-    for index, (x, label, cheaper) in enumerate(panels):
+    for index, (x, axis, cheaper) in enumerate(panels):
         ax = figure.add_subplot(1, len(panels), index + 1)
-        _cost_panel(ax, rows.dropna(subset=[x]), x, headline, cheaper)
-        ax.set(xlabel=f"{label} (log; {cheaper} is cheaper)", ylabel=_LABELS.get(headline, headline))
+        _cost_panel(ax, rows.dropna(subset=[x]), x, scoring, cheaper)
+        ax.set(xlabel=f"{axis} (log; {cheaper} is cheaper)", ylabel=label(headline))
     figure.suptitle("Test metric against cost per model (mean over final seeds; the line is the Pareto front)")
     return figure
 
 
-def _cost_panel(ax: Any, rows: pd.DataFrame, x: str, headline: str, cheaper: str) -> None:
+def _cost_panel(ax: Any, rows: pd.DataFrame, x: str, scoring: Scoring, cheaper: str) -> None:
+    headline = scoring.test
     mean = rows[f"{headline}_mean"]
     error = [(mean - rows[f"{headline}_ci_low"]).fillna(0).clip(lower=0),
              (rows[f"{headline}_ci_high"] - mean).fillna(0).clip(lower=0)]
@@ -109,7 +113,8 @@ def _cost_panel(ax: Any, rows: pd.DataFrame, x: str, headline: str, cheaper: str
         marker = "s" if row["family"] in PLAIN_FAMILIES else "o"
         ax.errorbar(row[x], row[f"{headline}_mean"], yerr=[[error[0].iloc[i]], [error[1].iloc[i]]], fmt=marker,
                     color=f"C{i % 10}", capsize=3, label=row["name"])
-    front = pareto_front(rows[x].to_numpy(float), mean.to_numpy(float), cheaper == "lower")
+    score = mean.to_numpy(float) if scoring.maximize else -mean.to_numpy(float)  # the front wants higher = better
+    front = pareto_front(rows[x].to_numpy(float), score, cheaper == "lower")
     ax.plot(rows[x].to_numpy(float)[front], mean.to_numpy(float)[front], color="0.4", linewidth=1, zorder=0)
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -138,8 +143,8 @@ def calibration(reliability: pd.DataFrame) -> Figure:
     ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
     for i, (name, part) in enumerate(reliability.groupby("name", sort=False)):
         ece = part["ece"].iloc[0]
-        label = name if np.isnan(ece) else f"{name} (ECE {ece:.3f})"
-        ax.plot(part["p"], part["y"], marker="o", markersize=4, color=f"C{i % 10}", label=label)
+        text = name if np.isnan(ece) else f"{name} (ECE {ece:.3f})"
+        ax.plot(part["p"], part["y"], marker="o", markersize=4, color=f"C{i % 10}", label=text)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted P(tumour) in the bin",
            ylabel="observed tumour fraction", title="Calibration on the test set (10 equal-width bins)")
     ax.set_aspect("equal")
@@ -166,7 +171,7 @@ def search_history(results: pd.DataFrame) -> Figure:
                     label=f"{labels[stream]}: best so far")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     metrics = results["metric"].unique()
-    ax.set(xlabel="trial number", ylabel=_LABELS.get(metrics[0], metrics[0]) if len(metrics) == 1 else "search metric",
+    ax.set(xlabel="trial number", ylabel=label(metrics[0]) if len(metrics) == 1 else "search metric",
            title="Search history (o complete, x pruned: best before it was stopped)")
     ax.grid(alpha=0.3)
     _legend(ax, results["stream"].nunique())
@@ -203,7 +208,7 @@ def search_parameters(results: pd.DataFrame, parameters: list[str], log_keys: se
         ax = figure.add_subplot(rows, columns, index + 1)
         _parameter_panel(ax, results, parameter, parameter in log_keys)
     metrics = results["metric"].unique()
-    figure.suptitle(f"{_LABELS.get(metrics[0], metrics[0]) if len(metrics) == 1 else 'Search metric'} against each "
+    figure.suptitle(f"{label(metrics[0]) if len(metrics) == 1 else 'Search metric'} against each "
                     "searched parameter (o complete, x pruned)")
     return figure
 
@@ -224,6 +229,6 @@ def _parameter_panel(ax: Any, results: pd.DataFrame, parameter: str, declared_lo
     if not numeric:
         ax.set_xticks(range(len(categories)), categories)
     metric = results["metric"].iloc[0]
-    ax.set(xlabel=parameter, ylabel=_LABELS.get(metric, metric))
+    ax.set(xlabel=parameter, ylabel=label(metric))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)

@@ -50,7 +50,10 @@ class StudyView:
     notes: tuple[str, ...]
 
 
-def view(engine: Source, experiment: str, task: str, jobs: pd.DataFrame) -> StudyView | None:
+def view(engine: Source, experiment: str, task: str, jobs: pd.DataFrame,
+         scoring: tables.Scoring | None = None) -> StudyView | None:
+    """The study's part of the report, judged by `scoring` (by default the experiment's: tables.scoring_of)."""
+    scoring = scoring or tables.scoring_of(jobs, task)
     trials = load_trials(engine, experiment)
     if trials.empty:
         return None
@@ -60,12 +63,12 @@ def view(engine: Source, experiment: str, task: str, jobs: pd.DataFrame) -> Stud
     epochs = load_epochs(engine, search_ids, sorted(metrics))
     results = study.trial_results(trials, jobs, epochs, spec_text, task)
     parameters = study.searched_parameters(results)
-    fields = parameters or tables.swept_hyperparameters(tables.done_jobs(jobs, task))
-    numeric = final.final_table(jobs, trials, task, fields)
-    formatted = final.format_final(numeric, task) if not numeric.empty else pd.DataFrame()
+    fields = parameters or tables.swept_hyperparameters(tables.done_jobs(jobs, task, scoring))
+    numeric = final.final_table(jobs, trials, task, fields, scoring)
+    formatted = final.format_final(numeric, task, scoring) if not numeric.empty else pd.DataFrame()
     return StudyView(trials=trials, results=results, parameters=tuple(parameters),
                      log_keys=frozenset(study.log_axes(spec_text)), final=numeric, formatted=formatted,
-                     findings=final.findings(numeric, task), answer=answer.answer(numeric, task),
+                     findings=final.findings(numeric, task, scoring), answer=answer.answer(numeric, task, scoring),
                      reliability=final.reliability(numeric, jobs), counts=study.pruned_counts(results),
                      notes=_notes(trials, jobs, results) + _final_notes(numeric, task))
 
@@ -114,10 +117,11 @@ def _d4(group: str) -> bool:
     return parsed.kind == "O2" or (parsed.kind == "D" and parsed.order % 4 == 0)
 
 
-def figure_builders(study_view: StudyView, task: str) -> dict[str, Callable[[], Figure]]:
+def figure_builders(study_view: StudyView, task: str,
+                    scoring: tables.Scoring | None = None) -> dict[str, Callable[[], Figure]]:
     return {
-        "forest": lambda: study_figures.forest(study_view.final, task),
-        "cost": lambda: study_figures.cost(study_view.final, task),
+        "forest": lambda: study_figures.forest(study_view.final, task, scoring),
+        "cost": lambda: study_figures.cost(study_view.final, task, scoring),
         "calibration": lambda: study_figures.calibration(study_view.reliability),
         "search_history": lambda: study_figures.search_history(study_view.results),
         "search_parameters": lambda: study_figures.search_parameters(

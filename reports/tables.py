@@ -5,10 +5,15 @@ seed) with the best mean validation metric over its seeds, by the rule a study's
 use too (runner.selection: ties go to the set whose earliest job has the smallest job id); its test metrics are
 reported as mean ± std over seeds.
 The table shows the full-data rows (largest data.fraction); the other fractions feed the data-efficiency figure.
+
+A classification experiment is judged by its eval.metric (a `Scoring`): selection on valid_<metric>, the headline
+and the Δ column on test_<metric>, lower is better for nll; the default, auc, is the table as it always was. With
+more than two classes the table adds balanced accuracy and each class's recall, named by class.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +48,83 @@ _HEADERS = {"test_accuracy": "Test acc.", "test_auc": "Test AUC", "test_nll": "T
             "eval_images_per_s": "Eval img/s"}
 
 
+_WORDS = {"auc": "AUC", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1": "F1", "nll": "NLL",
+          "dice": "Dice"}
+_TEST_HEADERS = {"test_balanced_accuracy": "Test bal. acc."}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What an experiment's models are compared by: `metric` (eval.metric for classification, dice for
+    segmentation) and, for more than two classes, the class names in label order (their recalls join the table)."""
+
+    task: str
+    metric: str
+    classes: tuple[str, ...] = ()
+
+    @property
+    def valid(self) -> str:
+        return f"valid_{self.metric}"
+
+    @property
+    def test(self) -> str:
+        return f"test_{self.metric}"
+
+    @property
+    def direction(self) -> str:
+        return METRIC_DIRECTIONS.get(self.valid, "maximize")
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+    @property
+    def word(self) -> str:
+        """'AUC', 'NLL', 'Dice': how sentences and headers name the metric."""
+        return _WORDS.get(self.metric, self.metric)
+
+    @property
+    def recalls(self) -> tuple[str, ...]:
+        """test_recall_<k> per class when there are more than two; none for a binary experiment."""
+        return tuple(f"test_recall_{k}" for k in range(len(self.classes))) if len(self.classes) > 2 else ()
+
+    @property
+    def test_metrics(self) -> tuple[str, ...]:
+        """The table's test columns: the task's four, the headline if it is not among them, then for K classes
+        balanced accuracy and the per-class recalls."""
+        extra = [self.test, *(["test_balanced_accuracy"] if self.recalls else []), *self.recalls]
+        return tuple(dict.fromkeys([*TEST_METRICS[self.task], *extra]))
+
+    def header(self, metric: str) -> str:
+        """A test column's header: 'Test AUC', 'Test bal. acc.', 'Recall stroma'."""
+        if metric in self.recalls:
+            return f"Recall {self.classes[self.recalls.index(metric)]}"
+        return _HEADERS.get(metric) or _TEST_HEADERS.get(metric) or metric
+
+    def best_of(self, values: pd.Series) -> Any:
+        """The index of the best value (highest, lowest for nll); values must not be all NaN."""
+        return values.idxmax() if self.maximize else values.idxmin()
+
+
+def default_scoring(task: str) -> Scoring:
+    """AUC for classification and Dice for segmentation: the report before eval.metric existed."""
+    return Scoring(check_task(task), "auc" if task == "classification" else "dice")
+
+
+def scoring_of(jobs: pd.DataFrame, task: str, classes: tuple[str, ...] = ()) -> Scoring:
+    """The experiment's scoring from its jobs' configs: the eval.metric most of them use (auc where none says),
+    and `classes` (from its confusion artifacts), else label indices where jobs recorded per-class recall."""
+    scoring = default_scoring(task)
+    if task != "classification":
+        return scoring
+    stated = jobs["eval.metric"].dropna() if "eval.metric" in jobs.columns else pd.Series(dtype=object)
+    metric = str(stated.mode().iloc[0]) if not stated.empty else scoring.metric
+    recorded = sum(1 for c in jobs.columns if str(c).startswith("test_recall_"))
+    if len(classes) <= 2 < recorded:
+        classes = tuple(str(k) for k in range(recorded))
+    return Scoring(task, metric, tuple(classes))
+
+
 def check_task(task: str) -> str:
     if task not in VALIDATION_METRIC:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(VALIDATION_METRIC)}")
@@ -64,9 +146,9 @@ def _order_key(column: pd.Series) -> pd.Series:
     return column
 
 
-def done_jobs(jobs: pd.DataFrame, task: str) -> pd.DataFrame:
+def done_jobs(jobs: pd.DataFrame, task: str, scoring: Scoring | None = None) -> pd.DataFrame:
     """Jobs that finished and have the validation metric: the only ones selection can use."""
-    metric = VALIDATION_METRIC[check_task(task)]
+    metric = (scoring or scoring_of(jobs, check_task(task))).valid
     if metric not in jobs.columns:
         return jobs.iloc[0:0]
     return jobs[(jobs["status"] == "done") & jobs[metric].notna()]
@@ -82,33 +164,36 @@ def row_keys(done: pd.DataFrame) -> list[str]:
     return list(ROW_KEYS) + ([FRACTION] if FRACTION in done.columns else [])
 
 
-def select_models(jobs: pd.DataFrame, task: str) -> pd.DataFrame:
+def select_models(jobs: pd.DataFrame, task: str, scoring: Scoring | None = None) -> pd.DataFrame:
     """One row per (family, group, augment.geometric, data.fraction): the best config on mean validation.
 
     Columns: the row keys, name (a short display name), config_key, hyperparameters ("lr=0.003, width=32"),
     n_seeds, job_ids (tuple), params, `<metric>_mean` and `<metric>_std` for validation and test metrics,
     and the mean of each cost and error metric. Empty (with no rows) when no job is done.
+    `scoring`: by default the experiment's own (scoring_of).
     """
-    done = done_jobs(jobs, task)
+    scoring = scoring or scoring_of(jobs, task)
+    done = done_jobs(jobs, task, scoring)
     if done.empty:
         return pd.DataFrame()
     keys = row_keys(done)
-    winners = [best_config(model, task) for _, model in done.groupby(keys, sort=False, dropna=False)]
+    winners = [best_config(model, task, scoring) for _, model in done.groupby(keys, sort=False, dropna=False)]
     chosen = done[done["config_key"].isin({w.config for w in winners if w is not None})]
-    table = _aggregate(chosen, task, keys)
+    table = _aggregate(chosen, scoring, keys)
     table["hyperparameters"] = _describe(chosen, swept_hyperparameters(done)).reindex(table["config_key"]).values
     table["name"] = [display_name(f, g, a) for f, g, a in zip(table["family"], table["group"],
                                                               table["augment.geometric"])]
     return table.sort_values(keys, key=_order_key, kind="mergesort").reset_index(drop=True)
 
 
-def best_config(jobs: pd.DataFrame, task: str) -> Best | None:
+def best_config(jobs: pd.DataFrame, task: str, scoring: Scoring | None = None) -> Best | None:
     """The shared rule (runner.selection) over `jobs`' finished rows: the config_key with the best mean validation
     metric, ties to the earliest job. None when no row is done with the metric."""
-    done = done_jobs(jobs, task)
-    metric = VALIDATION_METRIC[task]
-    results = [Result(c, int(j), float(v)) for c, j, v in zip(done["config_key"], done["job_id"], done[metric])]
-    return best(results, METRIC_DIRECTIONS[metric])
+    scoring = scoring or scoring_of(jobs, task)
+    done = done_jobs(jobs, task, scoring)
+    results = [Result(c, int(j), float(v)) for c, j, v in zip(done["config_key"], done["job_id"],
+                                                              done[scoring.valid])]
+    return best(results, scoring.direction)
 
 
 def display_name(family: str, group: str, geometric: str) -> str:
@@ -117,9 +202,9 @@ def display_name(family: str, group: str, geometric: str) -> str:
     return name if geometric in ("none", "", None) else f"{name} +{geometric}"
 
 
-def _aggregate(chosen: pd.DataFrame, task: str, keys: list[str]) -> pd.DataFrame:
-    spread = [VALIDATION_METRIC[task], *TEST_METRICS[task]]
-    means = [*COST_METRICS, *ERROR_METRICS[task]]
+def _aggregate(chosen: pd.DataFrame, scoring: Scoring, keys: list[str]) -> pd.DataFrame:
+    spread = list(dict.fromkeys([VALIDATION_METRIC[scoring.task], scoring.valid, *scoring.test_metrics]))
+    means = [*COST_METRICS, *ERROR_METRICS[scoring.task]]
     chosen = chosen.reindex(columns=list(dict.fromkeys([*chosen.columns, *spread, *means])))
     grouped = chosen.groupby("config_key", sort=False)
     parts = {"n_seeds": grouped["seed"].nunique(), "job_ids": grouped["job_id"].agg(lambda s: tuple(sorted(s))),
@@ -150,49 +235,50 @@ def _value(value: Any, number: str = "{:g}") -> str:
     return number.format(value) if isinstance(value, (float, np.floating)) else str(value)
 
 
-def comparison_table(selected: pd.DataFrame, task: str) -> pd.DataFrame:
+def comparison_table(selected: pd.DataFrame, task: str, scoring: Scoring | None = None) -> pd.DataFrame:
     """The numeric table (what the CSV holds): full-data rows plus `delta_<headline>` vs the best plain model.
 
     The best plain model is the plain-family row (cnn/unet) with the best mean validation metric (ties as in
-    selection: to the earliest job); without one the delta is NaN.
+    selection: to the earliest job); without one the delta is NaN. `scoring`: default_scoring(task) if not given.
     """
     if selected.empty:
         return selected
+    scoring = scoring or default_scoring(task)
     table = selected
     if FRACTION in table.columns:
         table = table[table[FRACTION] == table[FRACTION].max()]
-    headline, valid = f"{HEADLINE_METRIC[task]}_mean", f"{VALIDATION_METRIC[task]}_mean"
-    reference = _plain_reference(table, task)
-    columns = ["name", *row_keys(table), "hyperparameters", "n_seeds", "params", valid]
-    for metric in TEST_METRICS[task]:
+    reference = _plain_reference(table, scoring)
+    columns = ["name", *row_keys(table), "hyperparameters", "n_seeds", "params", f"{scoring.valid}_mean"]
+    for metric in scoring.test_metrics:
         columns += [f"{metric}_mean", f"{metric}_std"]
-    table = table.assign(**{f"delta_{HEADLINE_METRIC[task]}": table[headline] - reference})
-    columns += [f"delta_{HEADLINE_METRIC[task]}", *ERROR_METRICS[task], *COST_METRICS, "job_ids"]
+    table = table.assign(**{f"delta_{scoring.test}": table[f"{scoring.test}_mean"] - reference})
+    columns += [f"delta_{scoring.test}", *ERROR_METRICS[task], *COST_METRICS, "job_ids"]
     return table[columns].reset_index(drop=True)
 
 
-def _plain_reference(table: pd.DataFrame, task: str) -> float:
+def _plain_reference(table: pd.DataFrame, scoring: Scoring) -> float:
     """The headline mean of the best plain-family row by the shared rule, NaN without one. Each row is one
     configuration: its mean validation metric is its value and its earliest job breaks a tie."""
     plain = table[table["family"].isin(PLAIN_FAMILIES)]
-    valid = f"{VALIDATION_METRIC[task]}_mean"
+    valid = f"{scoring.valid}_mean"
     results = [Result(c, min(ids), v) for c, ids, v in zip(plain["config_key"], plain["job_ids"], plain[valid])]
-    chosen = best(results, METRIC_DIRECTIONS[VALIDATION_METRIC[task]])
+    chosen = best(results, scoring.direction)
     if chosen is None:
         return math.nan
-    return float(plain.loc[plain["config_key"] == chosen.config, f"{HEADLINE_METRIC[task]}_mean"].iloc[0])
+    return float(plain.loc[plain["config_key"] == chosen.config, f"{scoring.test}_mean"].iloc[0])
 
 
-def format_table(table: pd.DataFrame, task: str) -> pd.DataFrame:
+def format_table(table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> pd.DataFrame:
     """Display strings: 'mean ± std' per test metric, a signed delta, readable counts and times."""
-    headline = HEADLINE_METRIC[task]
+    scoring = scoring or default_scoring(task)
     plain = "CNN" if task == "classification" else "U-Net"
     out = pd.DataFrame({"Model": table["family"], "Group": table["group"], "Augment": table["augment.geometric"],
                         "Hyperparameters": table["hyperparameters"].replace("", "–"),
                         "Params": table["params"].map(_count)})
-    for metric in TEST_METRICS[task]:
-        out[_HEADERS[metric]] = [_spread(m, s) for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
-    out[f"Δ {_HEADERS[headline].split()[-1]} vs {plain}"] = table[f"delta_{headline}"].map(_signed)
+    for metric in scoring.test_metrics:
+        out[scoring.header(metric)] = [_spread(m, s) for m, s in zip(table[f"{metric}_mean"],
+                                                                      table[f"{metric}_std"])]
+    out[f"Δ {scoring.word} vs {plain}"] = table[f"delta_{scoring.test}"].map(_signed)
     for metric in ERROR_METRICS[task]:
         out[_HEADERS[metric]] = table[metric].map(lambda v: _missing(v) or f"{v:.2g}")
     out[_HEADERS["train_seconds"]] = table["train_seconds"].map(lambda v: _missing(v) or f"{v:,.0f}")

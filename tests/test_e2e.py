@@ -149,10 +149,10 @@ def test_missing_pcam_folder_is_bad_input(tmp_path, capsys):
 def test_a_failing_job_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     real_build = loop.build
 
-    def build(config):
+    def build(config, *args):
         if config.model.family == "gcnn":
             raise RuntimeError("injected failure: out of memory")
-        return real_build(config)
+        return real_build(config, *args)
 
     monkeypatch.setattr(loop, "build", build)
     spec, root = write(tmp_path, TINY), tmp_path / "runs"
