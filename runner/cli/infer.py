@@ -42,7 +42,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                          help="d4: average over the eight rot90/flips (skipped when the model is already invariant)")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--backend", choices=("onnx", "pt2"), default="onnx", help="runtime (default onnx)")
-    predict.add_argument("--wsi", action="store_true", help="the input is a whole-slide image: tumour heatmap")
+    predict.add_argument("--wsi", action="store_true",
+                         help="the input is a whole-slide image: class probabilities per patch (and, for a binary "
+                         "model, a heatmap)")
     predict.add_argument("--mpp", type=float, default=None,
                          help="with --wsi: the slide's microns per pixel when its file does not say")
     predict.add_argument("--stride", type=int, default=None,

@@ -142,13 +142,14 @@ class Trained:
 
 
 def load_trained(root: Path, key: str, config: JobConfig) -> Trained:
+    from runner.training.loop import build
+
     path = checkpoint.existing_path(root, config.experiment, key)  # legacy roots: the shared folder
     state = checkpoint.load(path)
     if state is None:
         raise ExportError(f"no checkpoint at {path}; pass the --root the job ran under, or run it again")
     classes = _checkpoint_classes(state, config, path)
-    outputs = len(classes) if config.task == "classification" else 1
-    model = network(config, outputs)
+    model = build(config, len(classes))  # segmentation: one output whatever its class names
     model.load_state_dict(state["best_model"] if state.get("best_model") is not None else state["model"])
     return Trained(model.eval(), classes, int(state.get("image_size") or input_size(config)))
 
@@ -167,16 +168,6 @@ def _checkpoint_classes(state: dict[str, Any], config: JobConfig, path: Path) ->
         raise ExportError(f"{path} names the classes {classes}: a classifier needs two or more distinct names; "
                           "run the job again")
     return classes
-
-
-def network(config: JobConfig, outputs: int) -> torch.nn.Module:
-    """The job's untrained network with `outputs` outputs, built with the same arguments as the training loop."""
-    import equiv
-
-    m = config.model
-    pool = {"pool": m.pool} if config.task == "classification" else {}  # the U-Nets have one pooling
-    return equiv.build_model(m.family, m.group, 3, outputs, width=m.width, depth=m.depth, kernel_size=m.kernel_size,
-                             dropout=m.dropout, match=m.match, max_frequency=m.max_frequency, **pool)
 
 
 def input_size(config: JobConfig) -> int:

@@ -273,3 +273,62 @@ def test_a_slide_gets_every_class_and_no_heatmap(three, tmp_path, capsys):
     assert "no heatmap.png: a 3-class model has no single probability to map" in summary
     counts = {name: sum(r["label"] == name for r in rows) for name in CLASSES}
     assert "predicted " + ", ".join(f"{name} {n}" for name, n in counts.items()) in summary
+
+
+# ---- the real training loop, end to end -------------------------------------------------------------------------
+
+OWN_SPEC = """
+[experiment]
+name = "tri-own"
+task = "classification"
+seeds = [0]
+[data]
+source = "manifest"
+path = "manifest.csv"
+[train]
+epochs = 1
+batch_size = 8
+[eval]
+rotation_angles = [0]
+rotation_samples = 4
+[[model]]
+family = "gcnn"
+group = "D4"
+width = 2
+depth = 2
+kernel_size = 3
+"""
+OWN_COLOURS = {"adipose": (235, 225, 225), "stroma": (220, 120, 170), "tumour": (110, 60, 150)}
+
+
+def test_a_job_trained_on_own_three_class_patches_exports_predicts_and_serves(tmp_path, monkeypatch):
+    """41x41 patches (odd: the pooling's other window) of three classes listed in a manifest, through the CLI."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    lines = ["path,label"]
+    for name, colour in OWN_COLOURS.items():
+        (tmp_path / name).mkdir()
+        for i in range(8):
+            image = (np.array(colour) + rng.integers(-30, 30, (41, 41, 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(image).save(tmp_path / name / f"{i}.png")
+            lines.append(f"{name}/{i}.png,{name}")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "spec.toml").write_text(OWN_SPEC)
+    assert run_cli("spec.toml", "--root", "runs") == 0
+    assert run_cli("export", "--root", "runs", "--experiment", "tri-own", "--best", "--out", "exported") == 0
+    meta = read_meta(tmp_path / "exported")
+    assert meta["class_names"] == list(OWN_COLOURS) and meta["input"]["size"] == [41, 41]
+    assert meta["verification"]["inputs"].endswith("data.source = 'manifest': the user's own files are not read "
+                                                   "at export")
+    assert meta["symmetry"]["own_group_error"] <= 1e-5
+    assert run_cli("predict", "exported", "adipose", "stroma", "tumour", "--out", "p.csv") == 0
+    rows = read_rows(tmp_path / "p.csv")
+    assert len(rows) == 24 and list(rows[0]) == ["source", "index", "p_adipose", "p_stroma", "p_tumour", "label"]
+    p = np.array([[float(r[f"p_{c}"]) for c in OWN_COLOURS] for r in rows])
+    assert [r["label"] for r in rows] == [list(OWN_COLOURS)[k] for k in p.argmax(1)]
+    first = next(r for r in rows if r["source"].endswith("adipose/0.png"))
+    answer = TestClient(create_app(tmp_path / "exported")).post(
+        "/predict", files=[("files", ("0.png", (tmp_path / "adipose" / "0.png").read_bytes(), "image/png"))])
+    prediction = answer.json()["predictions"][0]
+    assert prediction["label"] == first["label"]
+    assert all(abs(prediction["probabilities"][c] - float(first[f"p_{c}"])) <= 5e-7 for c in OWN_COLOURS)
