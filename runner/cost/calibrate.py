@@ -45,9 +45,10 @@ def calibrate(config_dict: dict[str, Any], device: torch.device, cache_dir: Path
     config = config_from_dict(config_dict)
     splits = load_splits(config.task, config.data, cache_dir)
     sizes = Sizes(train=len(splits.train), valid=len(splits.valid), test=len(splits.test))
-    loop.build(config)  # a worker builds many models: the first build's one-off costs (imports, caches) stay out
+    classes = max(len(splits.classes), 2)
+    loop.build(config, classes)  # a worker builds many models: the first build's one-off costs stay out
     build_start = time.monotonic()
-    model = loop.build(config).to(device)
+    model = loop.build(config, classes).to(device)
     build_seconds = time.monotonic() - build_start
     train_rate, optimizer, scheduler, scaler, rng = _train_rate(config, model, splits.train, device, seconds)
     export_start = time.monotonic()

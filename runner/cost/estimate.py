@@ -16,16 +16,11 @@ from typing import Any
 from rich.table import Table
 
 from runner.atomic import write_text
-from runner.cost.work import Sizes, Work, end_of_job_images, model_name, spec_work, split_sizes
+from runner.cost.work import Sizes, Work, cost_key, data_key, end_of_job_images, model_name, spec_work, split_sizes
 from runner.spec import Spec
 
 CALIBRATION_FILE = "calibration.json"
 _FORMAT = 1
-# Config parts that change what a job costs per image; everything else (lr, seeds, dropout, ...) does not.
-_COST_KEYS = {"model": ("family", "group", "width", "depth", "kernel_size", "match", "max_frequency", "pool"),
-              "train": ("batch_size", "amp", "optimizer"), "data": ("source", "image_size", "crop")}
-
-
 @dataclass(frozen=True)
 class Part:
     """One configuration that stands for a row's jobs: its split sizes and measured rate, where known."""
@@ -73,17 +68,6 @@ class Row:
                           for p in self.parts)
 
 
-def cost_key(config: dict[str, Any]) -> str:
-    parts = {section: {k: config[section][k] for k in keys} for section, keys in _COST_KEYS.items()}
-    parts["augment"], parts["task"] = config["augment"], config["task"]
-    return json.dumps(parts, sort_keys=True)
-
-
-def data_key(config: dict[str, Any]) -> str:
-    data = {k: v for k, v in config["data"].items() if k != "in_memory"}
-    return json.dumps({"task": config["task"], **data}, sort_keys=True)
-
-
 def device_name(device) -> str:
     import torch
 
@@ -108,7 +92,7 @@ def estimate(spec: Spec, root: Path, device, calibrate: bool,
                 from runner.cost.calibrate import calibrate as measure
 
                 progress(f"calibrating {model_name(config)} ({work.stage}) on {name} ...")
-                rate, loaded = measure(config, device, root / "cache")
+                rate, loaded = measure(config, device, root / "data")  # where jobs keep theirs
                 rates[key], sizes[dkey], changed = rate.to_dict(), vars(loaded), True
                 progress(f"  {rate.train_images_per_s:,.0f} training / {rate.eval_images_per_s:,.0f} evaluation "
                          f"img/s ({rate.calibrated_for:.1f} s)")
@@ -156,9 +140,9 @@ def summary(rows: list[Row], device: str, spec_path: str, root: Path) -> str:
     """The total, or what is missing for one and the command that measures it."""
     missing = sorted({r.work.model for r in rows if r.seconds is None})
     if missing:
-        return (f"No measured rate on {device} for: {', '.join(missing)}. `python -m runner {spec_path} --dry-run "
-                f"--calibrate` measures each in a few seconds (it loads the data into {root / 'cache'} as a run "
-                f"would) and keeps the rates in {root / CALIBRATION_FILE}.")
+        return (f"No measured rate on {device} for: {', '.join(missing)}. The same command with --calibrate "
+                f"measures each in a few seconds (it prepares the data in {root / 'data'} as a run would) and keeps "
+                f"the rates in {root / CALIBRATION_FILE}.")
     seconds = sum(r.seconds for r in rows)
     per_model: dict[str, float] = {}
     for row in rows:

@@ -14,6 +14,7 @@ reused); which configuration wins is unknown before the search, so the same two 
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -29,6 +30,24 @@ INVARIANCE_SAMPLES = 8  # runner.training.loop: patches the end-of-job symmetry 
 INVARIANCE_PASSES = 20  # forward passes of those patches (own group, the eight grid elements, off-grid angles)
 TTA_COPIES = 8  # the eight rot90/flip copies of each test patch (runner.training.extra_metrics)
 _DRAWS = 400  # simulated studies averaged by expected_epochs: its value moves < 1 % between seeds
+
+
+# Config parts that change what a job costs per image; everything else (lr, seeds, dropout, ...) does not.
+_COST_PARTS = {"model": ("family", "group", "width", "depth", "kernel_size", "match", "max_frequency", "pool"),
+               "train": ("batch_size", "amp", "optimizer"), "data": ("source", "image_size", "crop")}
+
+
+def cost_key(config: dict[str, Any]) -> str:
+    """What a job's rate depends on: two configs with one key train and evaluate at the same images per second."""
+    parts = {section: {k: config[section][k] for k in keys} for section, keys in _COST_PARTS.items()}
+    parts["augment"], parts["task"] = config["augment"], config["task"]
+    return json.dumps(parts, sort_keys=True)
+
+
+def data_key(config: dict[str, Any]) -> str:
+    """What a job's split sizes depend on."""
+    data = {k: v for k, v in config["data"].items() if k != "in_memory"}
+    return json.dumps({"task": config["task"], **data}, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -99,7 +118,7 @@ def spec_work(spec: Spec) -> list[Work]:
     from runner.spec.identity import expand
 
     grid = [job.config.to_dict() for job in expand(spec)]
-    work = [_work((config,), "grid", 1.0, float(config["train"]["epochs"])) for config in grid]
+    work = grid_work(grid)
     finalists: dict[tuple, tuple[dict[str, Any], ...]] = {}
     for stream in streams(spec):
         configs = trial_configs(stream.config, stream.search)
@@ -118,6 +137,14 @@ def spec_work(spec: Spec) -> list[Work]:
             if count:
                 work.append(_work(configs, "final", float(count), float(epochs)))
     return work
+
+
+def grid_work(grid: list[dict[str, Any]]) -> list[Work]:
+    """Grid jobs that cost the same (same rate, data and epochs; other seeds, learning rates ...) as one row."""
+    rows: dict[tuple, list[dict[str, Any]]] = {}
+    for config in grid:
+        rows.setdefault((cost_key(config), data_key(config), config["train"]["epochs"]), []).append(config)
+    return [_work((same[0],), "grid", float(len(same)), float(same[0]["train"]["epochs"])) for same in rows.values()]
 
 
 def _work(configs: tuple[dict[str, Any], ...], stage: str, count: float, epochs: float) -> Work:
