@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.inference import files, inputs
+from runner import atomic as files
+from runner.inference import inputs
 from runner.inference.artifact import D4_ELEMENTS, Artifact, element_name, transform, untransform
 from runner.inference.images import DEFAULT_MAX_PIXELS, BadImage, centre_crop, check_size, encode_png
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.inference import files
+from runner import atomic as files
 from runner.inference.artifact import Artifact
 from runner.inference.images import DEFAULT_MAX_PIXELS
 from runner.inference.predict import class_values, predicted_class, probabilities, probability_columns, tta_note
