@@ -62,10 +62,12 @@ class Row:
         return tuple(self.work.count * sum(e[i] for e in each) / len(each) for i in (0, 1))
 
     def rates(self) -> str:
+        """Training / evaluation images per second over the parts: the harmonic mean, as the time is averaged."""
         if any(p.rate is None for p in self.parts):
             return "-"
-        return " | ".join(f"{p.rate['train_images_per_s']:,.0f} / {p.rate['eval_images_per_s']:,.0f}"
-                          for p in self.parts)
+        mean = [len(self.parts) / sum(1 / p.rate[key] for p in self.parts)
+                for key in ("train_images_per_s", "eval_images_per_s")]
+        return f"{mean[0]:,.0f} / {mean[1]:,.0f}"
 
 
 def device_name(device) -> str:
