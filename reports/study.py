@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from reports.tables import display_name
-from runner.spec.search import DEFAULT_METRIC, METRIC_DIRECTIONS, merge_search
+from runner.spec.search import METRIC_DIRECTIONS, default_metric, merge_search
 
 try:
     import tomllib
@@ -27,11 +27,18 @@ STATES = (("running", ("queued", "running", "interrupted")), ("failed", ("failed
 _BLOCK = re.compile(r"^model\[(\d+)\]")
 
 
+def _document(spec_toml: str) -> dict[str, Any]:
+    """The stored spec as a table; empty when it does not parse (the report still renders)."""
+    try:
+        return tomllib.loads(spec_toml)
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
 def search_tables(spec_toml: str) -> tuple[dict[str, Any] | None, list[dict[str, Any] | None]]:
     """The experiment-wide [search] table and each [[model]] block's merged one (None where absent or unreadable)."""
-    try:
-        document = tomllib.loads(spec_toml)
-    except tomllib.TOMLDecodeError:
+    document = _document(spec_toml)
+    if not document:
         return None, []
     top = document.get("search") if isinstance(document.get("search"), dict) else None
     blocks = document.get("model") if isinstance(document.get("model"), list) else []
@@ -44,8 +51,9 @@ def stream_metric(stream: str, spec_toml: str, task: str) -> str:
     top, blocks = search_tables(spec_toml)
     match = _BLOCK.match(str(stream))
     table = blocks[int(match.group(1))] if match and int(match.group(1)) < len(blocks) else top
-    metric = (table or {}).get("metric", DEFAULT_METRIC[task])
-    return metric if metric in METRIC_DIRECTIONS else DEFAULT_METRIC[task]
+    fallback = default_metric(task, _document(spec_toml).get("eval"))
+    metric = (table or {}).get("metric", fallback)
+    return metric if metric in METRIC_DIRECTIONS else fallback
 
 
 def log_axes(spec_toml: str) -> set[str]:

@@ -193,3 +193,17 @@ def test_the_schema_and_the_validator_agree_on_every_plain_search_key():
     final = json_schema()["properties"]["final"]["properties"]["epochs"]["minimum"]
     raw = {**MINIMAL, "final": {"seeds": [0], "epochs": final - 1}}
     assert "final.epochs" in problems_of(raw)
+
+
+STUDY_RAW = {"experiment": {"name": "t"}, "train": {"epochs": 3}, "final": {"seeds": [0, 1]},
+             "search": {"trials": 2, "space": {"train.lr": {"log": [1e-4, 1e-2]}}}, "model": [{"family": "cnn"}]}
+
+
+def test_a_study_compares_and_selects_on_the_headline_metric_unless_it_names_another():
+    plain = parse_spec(STUDY_RAW, "x.toml")
+    assert (plain.blocks[0].search.metric, plain.final.select) == ("valid_auc", "valid_auc")
+    headline = parse_spec({**STUDY_RAW, "eval": {"metric": "balanced_accuracy"}}, "x.toml")
+    assert (headline.blocks[0].search.metric, headline.final.select) == ("valid_balanced_accuracy",) * 2
+    named = parse_spec({**STUDY_RAW, "eval": {"metric": "f1"}, "search": {**STUDY_RAW["search"], "metric": "valid_nll"}},
+                       "x.toml")
+    assert (named.blocks[0].search.metric, named.final.select) == ("valid_nll", "valid_nll")

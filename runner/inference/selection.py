@@ -3,7 +3,8 @@
 The report picks, per (family, group, augmentation, data fraction), the hyperparameters with the best mean
 validation metric over seeds. Here the full-data rows are narrowed by --family/--group, the row with the best mean
 validation metric wins (by the same rule, runner.selection: a tie goes to the row whose earliest job came first),
-and of its seeds the job with the best validation metric (ties: the earliest) is the network exported.
+and of its seeds the job with the best validation metric (the experiment's eval.metric; ties: the earliest) is the
+network exported.
 Where the database holds final-evaluation jobs (role `final`), only those are considered.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reports.tables import FRACTION, VALIDATION_METRIC, best_config, select_models
+from reports.tables import FRACTION, best_config, scoring_of, select_models
 
 
 class SelectionError(ValueError):
@@ -37,8 +38,9 @@ def best_job_id(jobs: pd.DataFrame, task: str, family: str | None = None, group:
         available = ", ".join(sorted({f"{f}/{g}" for f, g in zip(selected["family"], selected["group"])}))
         raise SelectionError(f"no selected model with family={family or 'any'} group={group or 'any'}; "
                              f"available (family/group): {available}")
-    metric = VALIDATION_METRIC[task]
+    scoring = scoring_of(jobs, task)  # the experiment's eval.metric, as the report selects (nll: lowest wins)
     winner = best_config(jobs[jobs["config_key"].isin(set(narrowed["config_key"]))], task)
-    seeds = jobs[jobs["job_id"].isin(winner.job_ids)].sort_values([metric, "job_id"], ascending=[False, True],
+    seeds = jobs[jobs["job_id"].isin(winner.job_ids)].sort_values([scoring.valid, "job_id"],
+                                                                   ascending=[not scoring.maximize, True],
                                                                    kind="mergesort")
     return int(seeds["job_id"].iloc[0])

@@ -28,6 +28,7 @@ from runner.spec.fields import (
 from runner.spec.search import (
     FinalSpec,
     SearchSpec,
+    default_metric,
     merge_search,
     parse_final,
     parse_search,
@@ -302,7 +303,8 @@ def _parse_searches(raw: dict[str, Any], blocks: list[ModelBlock], task: str | N
         own = raw_blocks[block.index].get("search") if isinstance(raw_blocks[block.index], dict) else None
         merged = merge_search(shared, own)
         where = "search" if own is None else f"model[{block.index}].search"
-        search = parse_search(merged, where, task, problems) if merged is not None else None
+        search = (parse_search(merged, where, task, problems, default_metric(task, raw.get("eval")))
+                  if merged is not None else None)
         if search is not None:
             _check_search_block(search, block, where, problems)
         out.append(dataclasses.replace(block, search=search))
@@ -324,7 +326,8 @@ def _parse_final(raw: dict[str, Any], blocks: list[ModelBlock], task: str | None
     if "final" not in raw:
         return None
     metrics = {b.search.metric for b in blocks if b.search is not None}
-    final = parse_final(raw["final"], task, next(iter(metrics)) if len(metrics) == 1 else None, problems)
+    final = parse_final(raw["final"], task, next(iter(metrics)) if len(metrics) == 1 else None, problems,
+                        default_metric(task, raw.get("eval")))
     searched = sorted({k for b in blocks if b.search for k, _ in b.search.space} & set(final.per if final else ()))
     if searched:
         problems.append(("final.per", f"{', '.join(searched)} is searched, so it cannot also name the models "

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from runner.spec.config import CLASS_METRICS
 from runner.spec.fields import SECTIONS, Rules, check_search_key, field_types, is_int, is_number, model_rules
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -27,6 +28,15 @@ TASK_METRICS = {"classification": ("valid_auc", "valid_accuracy", "valid_balance
                                    "valid_nll", "valid_loss"),
                 "segmentation": ("valid_dice", "valid_iou", "valid_loss")}
 DEFAULT_METRIC = {"classification": "valid_auc", "segmentation": "valid_dice"}
+
+
+def default_metric(task: str | None, eval_table: Any) -> str:
+    """The validation metric a search compares and the final stage selects on when the spec names none: the
+    experiment's headline (`eval.metric`, classification only), else the task's default."""
+    headline = eval_table.get("metric") if isinstance(eval_table, dict) else None
+    if task in (None, "classification") and isinstance(headline, str) and headline in CLASS_METRICS:
+        return f"valid_{headline}"
+    return DEFAULT_METRIC.get(task or "", "valid_auc")
 # Config keys that name the model (what a search compares) or do not change results: never searched.
 NOT_SEARCHABLE = {"model.family", "model.group", "data.source", "data.root", "data.path", "data.in_memory",
                   "train.checkpoint_minutes"}
@@ -115,7 +125,8 @@ def merge_search(base: dict[str, Any] | None, override: dict[str, Any] | None) -
     return merged
 
 
-def parse_search(table: Any, where: str, task: str | None, problems: Problems) -> SearchSpec | None:
+def parse_search(table: Any, where: str, task: str | None, problems: Problems,
+                 default: str | None = None) -> SearchSpec | None:
     """Validate one (merged) search table; every value a distribution can produce is checked against the spec key
     with the model rules of the task's families."""
     if not isinstance(table, dict):
@@ -127,8 +138,8 @@ def parse_search(table: Any, where: str, task: str | None, problems: Problems) -
             problems.append((f"{where}.{key}", f"unknown key; allowed in [search]: {', '.join(SEARCH_KEYS)}"))
     values = {key: rule.parse(table, key, where, problems) for key, rule in SEARCH_SCALARS.items()}
     values |= {
-        "metric": _metric(table.get("metric", DEFAULT_METRIC.get(task or "", "valid_auc")), task, f"{where}.metric",
-                          problems),
+        "metric": _metric(table.get("metric", default or DEFAULT_METRIC.get(task or "", "valid_auc")), task,
+                          f"{where}.metric", problems),
     }
     space = _parse_space(table.get("space"), f"{where}.space", model_rules(task), problems)
     trials = _trials(table, values["sampler"], space, where, problems)
@@ -286,7 +297,8 @@ def _fits_key(dotted: str, distribution: Distribution, where: str, rules: Rules,
 
 # ---- [final] ---------------------------------------------------------------------------------------------------
 
-def parse_final(table: Any, task: str | None, search_metric: str | None, problems: Problems) -> FinalSpec | None:
+def parse_final(table: Any, task: str | None, search_metric: str | None, problems: Problems,
+                default: str | None = None) -> FinalSpec | None:
     if not isinstance(table, dict):
         problems.append(("final", "expected a table [final]"))
         return None
@@ -300,8 +312,8 @@ def parse_final(table: Any, task: str | None, search_metric: str | None, problem
         problems.append(("final.seeds", f"expected a non-empty list of distinct integers >= 0 (e.g. [0, 1, 2, 3, 4]), "
                          f"got {seeds!r}"))
     epochs = FINAL_EPOCHS.parse(table, "epochs", "final", problems) if "epochs" in table else 0
-    default = search_metric or DEFAULT_METRIC.get(task or "", "valid_auc")
-    select = _metric(table.get("select", default), task, "final.select", problems)
+    select = _metric(table.get("select", search_metric or default or DEFAULT_METRIC.get(task or "", "valid_auc")),
+                     task, "final.select", problems)
     per = _parse_per(table.get("per", list(DEFAULT_PER)), problems)
     if len(problems) > before:
         return None

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -141,3 +142,14 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path):
     with staged_folder(tmp_path / "out") as staging:
         (staging / "model.json").write_text("{}")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "model.json").exists()
+
+
+def test_the_exported_seed_follows_the_experiments_metric(trained):
+    """Two seeds of one configuration: by AUC one wins, by log loss (eval.metric = "nll", lowest best) the other."""
+    jobs = reports.load(trained.db, experiment="tiny-cls")
+    first = jobs[jobs["family"] == "cnn"].iloc[[0]]
+    second = first.assign(job_id=first["job_id"] + 1000, seed=first["seed"] + 1,
+                          valid_auc=first["valid_auc"] + 0.01, valid_nll=first["valid_nll"] + 0.1)
+    two = pd.concat([first, second], ignore_index=True)
+    assert best_job_id(two, "classification") == int(second["job_id"].iloc[0])
+    assert best_job_id(two.assign(**{"eval.metric": "nll"}), "classification") == int(first["job_id"].iloc[0])
