@@ -134,9 +134,10 @@ def pareto_front(cost: np.ndarray, score: np.ndarray, lower_is_cheaper: bool) ->
     return np.array(front, dtype=int)
 
 
-def calibration(reliability: pd.DataFrame) -> Figure:
-    """Reliability diagram: observed tumour fraction against mean P(tumour) per bin, pooled over each model's seeds;
-    the diagonal is perfect calibration, and the legend gives each model's mean ECE."""
+def calibration(reliability: pd.DataFrame, top_label: bool = False) -> Figure:
+    """Reliability diagram: observed tumour fraction against mean P(tumour) per bin, pooled over each model's seeds
+    (with more than two classes, `top_label`: accuracy against the predicted class's probability); the diagonal is
+    perfect calibration, and the legend gives each model's mean ECE."""
     if reliability.empty:
         raise Skipped("no job recorded calibration bins (jobs from before they were measured, or segmentation)")
     figure, ax = _figure(5.6, 5.0)
@@ -145,8 +146,9 @@ def calibration(reliability: pd.DataFrame) -> Figure:
         ece = part["ece"].iloc[0]
         text = name if np.isnan(ece) else f"{name} (ECE {ece:.3f})"
         ax.plot(part["p"], part["y"], marker="o", markersize=4, color=f"C{i % 10}", label=text)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted P(tumour) in the bin",
-           ylabel="observed tumour fraction", title="Calibration on the test set (10 equal-width bins)")
+    x, y = (("mean probability of the predicted class in the bin", "observed accuracy") if top_label
+            else ("mean predicted P(tumour) in the bin", "observed tumour fraction"))
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=x, ylabel=y, title="Calibration on the test set (10 equal-width bins)")
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="upper left")

@@ -122,7 +122,8 @@ def figure_builders(study_view: StudyView, task: str,
     return {
         "forest": lambda: study_figures.forest(study_view.final, task, scoring),
         "cost": lambda: study_figures.cost(study_view.final, task, scoring),
-        "calibration": lambda: study_figures.calibration(study_view.reliability),
+        "calibration": lambda: study_figures.calibration(study_view.reliability,
+                                                         top_label=bool(scoring and len(scoring.classes) > 2)),
         "search_history": lambda: study_figures.search_history(study_view.results),
         "search_parameters": lambda: study_figures.search_parameters(
             study_view.results, list(study_view.parameters), set(study_view.log_keys)),

@@ -124,3 +124,15 @@ def test_sample_panels_name_the_true_and_the_predicted_class():
     titles = [ax.get_title() for ax in figure.axes]
     assert titles == ["y=stroma\nstroma 0.70", "y=tumour\nlymphocytes 0.60"]
     assert [ax.title.get_color() for ax in figure.axes] == ["green", "red"]
+
+
+def test_the_reliability_diagram_says_what_it_bins():
+    import pandas as pd
+
+    from reports.study_figures import calibration
+
+    bins = pd.DataFrame({"name": ["cnn", "cnn"], "ece": [0.05, 0.05], "p": [0.3, 0.8], "y": [0.25, 0.85]})
+    assert calibration(bins).axes[0].get_xlabel() == "mean predicted P(tumour) in the bin"
+    top = calibration(bins, top_label=True).axes[0]
+    assert (top.get_xlabel(), top.get_ylabel()) == ("mean probability of the predicted class in the bin",
+                                                    "observed accuracy")
