@@ -36,7 +36,10 @@ class DataSpec:
     test_size: int = 500  # as train_size, for the test split
     image_size: int = 96  # synthetic patch side; segmentation tile side for folder/arrays
     seed: int = 0  # data generation and split seed (independent of the training seed)
-    in_memory: bool = True  # load the (sub)set into RAM; False streams batches from HDF5
+    # true: in memory (a small subset copied into each worker; a large one decompressed once under ROOT/data and
+    # memory-mapped, so the workers of a node share one copy through the page cache); false: batches read from
+    # the HDF5 files (little memory, but a random row reads its whole 64-row chunk: slow)
+    in_memory: bool = True
     crop: int = 0  # own classification data: centre-crop every patch to this side; 0 = the files' own size
 
 
