@@ -59,3 +59,28 @@ def test_every_part_passes_in_cpu_smoke_mode(tmp_path):
     assert all(r["peak_mib_sum"] > 0 for r in packing)
     compiled = report["parts"]["compile_d4"]["rows"][0]
     assert compiled["compiled"] > 0 and compiled["compile_s"] is not None
+
+
+@pytest.mark.heavy
+def test_the_full_size_part_runs_every_step_in_its_cpu_smoke_mode(tmp_path):
+    """About 4 minutes on 2 cores (five runner commands and a calibration): `nox -s heavy` runs it."""
+    done = run_check(tmp_path, "--cpu-smoke", "--parts", "fullsize")
+    part = json.loads((tmp_path / "gpu_check.json").read_text())["parts"]["fullsize"]
+    assert part["status"] == "ok", done.stdout[-3000:] + done.stderr[-3000:]
+    what = [row["what"] for row in part["rows"]]
+    assert what[0] == "PCam-format files written"
+    for model in ("cnn trivial", "gcnn D4"):
+        runner = next(r for r in part["rows"] if r["what"] == f"{model}: runner training")
+        assert runner["value"] > 0 and runner["versus"] > 0  # the runner's rate beside the bare model's
+    assert [w for w in what if w.startswith("--workers")] == ["--workers 1: jobs per hour", "--workers 2: jobs per hour"]
+    assert any(w.endswith("expected device time") for w in what)
+    # every step ran; the speed ratio itself is a GPU target (on 2 shared cores it is noise around 1)
+    assert all(c["passed"] for c in part["checks"] if "bare model" not in c["name"]), part["checks"]
+
+
+def test_the_full_size_part_is_not_in_the_default_run():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from gpu_check import PARTS, parse_args
+
+    assert "fullsize" in {p.name for p in PARTS}
+    assert "fullsize" not in parse_args(["--out", "x"]).parts.split(",")

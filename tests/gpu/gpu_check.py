@@ -34,6 +34,7 @@ class Part:
     name: str
     budget_s: float  # on the GPU; what each part does in that time is sized in gpu_parts.Sizes
     what: str
+    default: bool = True  # run without --parts; the full-size part is a run of its own (--parts fullsize)
 
 
 PARTS = (
@@ -43,6 +44,8 @@ PARTS = (
     Part("packing", 120, "jobs per hour with --workers K on one GPU (K = 1, 2, 4), peak memory per worker"),
     Part("compile_cnn", 40, "torch.compile on the plain CNN (AMP + cudnn.benchmark): compile time, img/s"),
     Part("compile_d4", 45, "torch.compile on the D4 G-CNN (AMP + cudnn.benchmark): compile time, img/s"),
+    Part("fullsize", 540, "real-size PCam files through the runner: runner vs bare img/s (cnn, D4) with a "
+         "breakdown, --workers 1/2/4 jobs per hour and memory, pcam_study's calibrated device-hours", default=False),
 )
 TOTAL_BUDGET_S = 470.0  # 7 min 50 s: the promise is 8 minutes on one GPU; the optional compile parts come last
 GRACE_S = 5.0  # a child killed at its budget still needs a moment to be reaped
@@ -52,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md and work files")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: tests the script itself")
-    parser.add_argument("--parts", default=",".join(p.name for p in PARTS),
+    parser.add_argument("--parts", default=",".join(p.name for p in PARTS if p.default),
                         help=f"comma-separated subset of: {', '.join(p.name for p in PARTS)}")
     parser.add_argument("--budget", type=float, default=TOTAL_BUDGET_S, help="seconds for the whole run")
     parser.add_argument("--part-budget", action="append", default=[], metavar="PART=SECONDS",

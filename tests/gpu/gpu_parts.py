@@ -69,11 +69,12 @@ SMOKE = Sizes(
 
 def run_named_part(name: str, out: Path, smoke: bool) -> int:
     """Entry point of a part's child process: run it, record its end (ok or the error), exit 0 either way."""
+    from gpu_fullsize import fullsize
     from gpu_speed import compile_cnn, compile_d4, throughput
 
     parts: dict[str, Callable[[Recorder, Sizes, Path], None]] = {
         "e2e": e2e, "amp_invariance": amp_invariance, "throughput": throughput,
-        "compile_cnn": compile_cnn, "compile_d4": compile_d4, "packing": packing,
+        "compile_cnn": compile_cnn, "compile_d4": compile_d4, "packing": packing, "fullsize": fullsize,
     }
     recorder = Recorder(out / "parts" / f"{name}.json")
     work = out / "work" / name
