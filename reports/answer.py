@@ -42,9 +42,18 @@ def answer(table: pd.DataFrame, task: str, scoring: Scoring | None = None) -> st
     return " ".join(part for part in parts if part)
 
 
+def _untested(ci_low: float) -> str:
+    """Why a difference has no p-value: one paired seed, or the same difference on every seed (no spread)."""
+    if _missing(ci_low):
+        return "too few paired seeds to test"
+    return "the same difference on every paired seed: no spread to test"
+
+
 def _versus_baseline(best: pd.Series, base: str, headline: str) -> str:
     if int(best["n_pairs"]) < 2:
         return f"; against {base} it is {best[f'delta_{headline}']:+.3f} on too few paired seeds to test."
+    if _missing(best["p_holm"]):
+        return f"; against {base} it is {best[f'delta_{headline}']:+.3f}, {_untested(best['delta_ci_low'])}."
     verdict = ("which survives Holm's correction" if best["p_holm"] < stats.ALPHA
                else "which does not survive Holm's correction")
     return (f": {best[f'delta_{headline}']:+.3f} over {base} (95 % CI [{best['delta_ci_low']:+.3f}, "
@@ -65,7 +74,7 @@ def _versus_strongest(table: pd.DataFrame, best: pd.Series, scoring: Scoring) ->
     head = (f"Against the strongest plain competitor, {strongest} ({strong[f'{scoring.test}_mean']:.3f}), "
             f"it is {best['delta_vs_strongest']:+.3f}")
     if _missing(best["p_holm_vs_strongest"]):
-        return f"{head} (too few paired seeds to test).{tta_note}"
+        return f"{head} ({_untested(best['strongest_ci_low'])}).{tta_note}"
     gain = best["delta_vs_strongest"] if scoring.maximize else -best["delta_vs_strongest"]
     survives = ("it still wins" if best["p_holm_vs_strongest"] < stats.ALPHA and gain > 0
                 else "no evidence that it beats it")
@@ -104,7 +113,7 @@ def _plain_wins(table: pd.DataFrame, best: pd.Series, opening: str, scoring: Sco
     rival = equivariant.loc[scoring.best_of(means)]
     text = f"{opening}: no equivariant model beats the plain models here. The best one, {rival['name']}, is"
     if _missing(rival["p_holm_vs_strongest"]):
-        return f"{text} {rival['delta_vs_strongest']:+.3f} against it (too few paired seeds to test)."
+        return f"{text} {rival['delta_vs_strongest']:+.3f} against it ({_untested(rival['strongest_ci_low'])})."
     return (f"{text} {rival['delta_vs_strongest']:+.3f} against it (95 % CI [{rival['strongest_ci_low']:+.3f}, "
             f"{rival['strongest_ci_high']:+.3f}], {p_words('p_Holm', rival['p_holm_vs_strongest'])})"
             f"{cost_words(rival, rival['baseline'])}.")

@@ -76,6 +76,12 @@ def t_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.
     return mean - half, mean + half
 
 
+def constant(sample: np.ndarray) -> bool:
+    """Equal values up to float rounding: 17/18 - 18/18 per seed gives differences a few ulps apart, and a t-test on
+    that spread would report p ~ 0 for what has no spread at all."""
+    return bool(np.ptp(sample) <= 1e-12 * max(1.0, float(np.max(np.abs(sample)))))
+
+
 def summarize(values: np.ndarray | list[float], confidence: float = CONFIDENCE) -> Summary:
     """Mean, std (ddof=1) and the Student-t interval mean ± t(1 - a/2, n-1) · std / sqrt(n); NaNs are dropped."""
     sample = _finite(values)
@@ -85,7 +91,7 @@ def summarize(values: np.ndarray | list[float], confidence: float = CONFIDENCE) 
     mean = float(np.mean(sample))
     if n == 1:
         return Summary(1, mean, math.nan, math.nan, math.nan)
-    if np.ptp(sample) == 0:  # exactly, where summing would leave a rounding residue in the mean and std
+    if constant(sample):  # summing would leave a rounding residue in the mean and std
         value = float(sample[0])
         return Summary(n, value, 0.0, value, value)
     low, high = t_interval(sample, confidence)
@@ -103,8 +109,10 @@ def paired(model: pd.Series, baseline: pd.Series, confidence: float = CONFIDENCE
     if n == 1:
         return Difference(1, mean, math.nan, math.nan, math.nan)
     summary = summarize(differences, confidence)
+    if constant(differences):  # no spread: the t-test is undefined, whatever rounding makes of it
+        return Difference(n, summary.mean, summary.low, summary.high, math.nan, 0.0)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # equal differences: zero variance, p is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         p_value = float(stats.ttest_rel(both["model"], both["baseline"]).pvalue)
     return Difference(n, mean, summary.low, summary.high, p_value, summary.std)
 

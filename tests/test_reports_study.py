@@ -448,3 +448,14 @@ def test_fair_table_matches_the_stored_reference(fair_rendered, suffix):
     if os.environ.get("UPDATE_REFERENCE") == "1":
         reference.write_text(produced)
     assert produced == reference.read_text(), f"{reference} differs; see the module docstring to regenerate"
+
+
+def test_the_answer_says_why_a_difference_has_no_p_value(table):
+    """Paired seeds with one and the same difference have an interval of zero width and no t-test."""
+    same = table.copy()
+    best = same["name"] == "gcnn D4"
+    same.loc[best, ["p_value", "p_holm"]] = np.nan
+    same.loc[best, ["delta_ci_low", "delta_ci_high"]] = same.loc[best, "delta_test_auc"].iloc[0]
+    words = answer.answer(same, "classification")
+    assert "+0.022 over cnn" not in words
+    assert "against cnn it is +0.022, the same difference on every paired seed: no spread to test." in words

@@ -95,6 +95,20 @@ def test_equal_differences_give_a_point_interval_and_scipys_p_value():
     assert math.isnan(expected) and math.isnan(same.p_value)
 
 
+def test_equal_nonzero_differences_up_to_rounding_have_no_p_value():
+    # 17/18 - 18/18 on every seed: the float differences are a few ulps apart, and scipy's t-test on that spread
+    # answers p ~ 1e-15; there is no spread, so no test.
+    model, baseline = pd.Series([17 / 18, 0.1 + 17 / 18 - 0.1, 17 / 18]), pd.Series([1.0, 1.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert scipy_stats.ttest_rel(model, baseline).pvalue < 1e-3  # what the t-test alone would claim
+    difference = stats.paired(model, baseline)
+    assert math.isnan(difference.p_value) and difference.std == 0.0
+    assert difference.low == difference.high == pytest.approx(-1 / 18)
+    spread = stats.paired(pd.Series([0.90, 0.92, 0.95]), baseline)  # a real spread keeps its test
+    assert 0 < spread.p_value < 0.05
+
+
 def test_an_interval_below_zero_excludes_zero():
     assert not stats.Difference(3, -0.02, -0.03, -0.01, 0.01).includes_zero
     assert stats.Difference(3, 0.01, -0.001, 0.02, 0.2).includes_zero
