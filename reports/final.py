@@ -122,8 +122,10 @@ def _patch_interval(part: pd.DataFrame) -> dict:
     """Test AUC of the model's lowest-seed job with its bootstrap interval over test patches (test-set noise for one
     trained model, not seed noise)."""
     first = part.sort_values("seed").iloc[0]
+    groups = first.get("test_auc_groups", float("nan"))  # set when whole slides were resampled
     return {"patch_ci_seed": int(first["seed"]), "test_auc_patch": first["test_auc"],
-            "test_auc_patch_low": first["test_auc_low"], "test_auc_patch_high": first["test_auc_high"]}
+            "test_auc_patch_low": first["test_auc_low"], "test_auc_patch_high": first["test_auc_high"],
+            "test_auc_patch_groups": groups}
 
 
 def _unique_names(table: pd.DataFrame) -> list[str]:
@@ -212,7 +214,7 @@ def _columns(scoring: Scoring) -> list[str]:
                       "eval_time_ratio", "params_ratio", "strongest", "delta_vs_strongest", "strongest_ci_low",
                       "strongest_ci_high", "p_vs_strongest", "p_holm_vs_strongest", *ERROR_METRICS[task],
                       *COST_METRICS, "patch_ci_seed", "test_auc_patch", "test_auc_patch_low",
-                      "test_auc_patch_high", "job_ids"]
+                      "test_auc_patch_high", "test_auc_patch_groups", "job_ids"]
 
 
 def reliability(table: pd.DataFrame, jobs: pd.DataFrame) -> pd.DataFrame:

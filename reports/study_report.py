@@ -103,11 +103,7 @@ def _final_notes(table: pd.DataFrame, task: str) -> tuple[str, ...]:
                      "averaging over them changes nothing (as `predict --tta d4` says).")
     best = plain_rows.loc[plain_rows["test_auc_mean"].idxmax()] if plain_rows["test_auc_mean"].notna().any() else None
     if best is not None and pd.notna(best["test_auc_patch_low"]):
-        notes.append(f"Test-set uncertainty of one trained model: {best['name']} (seed {int(best['patch_ci_seed'])}) "
-                     f"has test AUC {best['test_auc_patch']:.3f}, 95 % bootstrap interval over test patches "
-                     f"[{best['test_auc_patch_low']:.3f}, {best['test_auc_patch_high']:.3f}]. Patches are "
-                     "resampled one by one; patches of one PCam slide are not independent, so this is too narrow "
-                     "(slide-level resampling needs slide ids the data loader does not carry yet).")
+        notes.append(_uncertainty_note(best))
     return tuple(notes)
 
 
@@ -115,6 +111,20 @@ def _d4(group: str) -> bool:
     """Whether a group contains all eight rot90/flips: read from the group's name (no torch in the report)."""
     parsed = parse_group(group)
     return parsed.kind == "O2" or (parsed.kind == "D" and parsed.order % 4 == 0)
+
+
+def _uncertainty_note(best: pd.Series) -> str:
+    """The test-set interval of one trained model, and what was resampled: whole slides where the data names them."""
+    head = (f"Test-set uncertainty of one trained model: {best['name']} (seed {int(best['patch_ci_seed'])}) has test "
+            f"AUC {best['test_auc_patch']:.3f}, 95 % bootstrap interval")
+    interval = f"[{best['test_auc_patch_low']:.3f}, {best['test_auc_patch_high']:.3f}]"
+    groups = best.get("test_auc_patch_groups", float("nan"))
+    if pd.notna(groups):
+        return (f"{head} over the test set's {int(groups)} groups (slides or patients, resampled whole: patches of "
+                f"one slide are not independent) {interval}.")
+    return (f"{head} over test patches {interval}. Patches are resampled one by one; patches of one slide are not "
+            "independent, so this is too narrow (a manifest or array file with a `group` column gets slide-level "
+            "resampling; PCam's files carry no slide ids).")
 
 
 def figure_builders(study_view: StudyView, task: str,

@@ -207,3 +207,35 @@ def test_a_small_in_memory_subset_is_copied_and_converts_nothing(tmp_path):
     assert all(isinstance(s, ArraySplit) for s in (splits.train, splits.valid, splits.test))
     assert not list((tmp_path / "cache").rglob("*.npy"))
     assert splits.description.endswith("; in memory")
+
+
+def write_meta(root: Path, split: str, slides: list[str]) -> None:
+    """PCam's _meta.csv layout: an unnamed index, coordinates, tumour flags and the slide (`wsi`) per patch."""
+    lines = [",coord_y,coord_x,tumor_patch,center_tumor_patch,wsi"]
+    lines += [f"{i},0,0,False,False,{slide}" for i, slide in enumerate(slides)]
+    (root / f"camelyonpatch_level_2_split_{split}_meta.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_the_test_splits_slide_ids_come_from_its_meta_table(tmp_path):
+    write_pcam(tmp_path)
+    n = SIZES["test"]
+    slides = [f"camelyon16_test_{i % 5:03d}" for i in range(n)]
+    write_meta(tmp_path, "test", slides)
+    splits = load_splits("classification", spec(tmp_path, test_size=n // 2), tmp_path / "cache")
+    test = splits.test
+    rows = select_rows((np.arange(n) % 4 == 0).astype(np.int64), 0, "test", n // 2)
+    assert list(test.groups) == [slides[r] for r in rows]  # the selected rows' own slides, in order
+    count = len({slides[r] for r in rows})
+    assert f"test slides from camelyonpatch_level_2_split_test_meta.csv ({count})" in splits.description
+    assert splits.train.groups is None
+
+
+@pytest.mark.parametrize("meta", ["absent", "short", "no wsi column"])
+def test_a_missing_or_unfit_meta_table_only_leaves_the_slides_unknown(tmp_path, meta):
+    write_pcam(tmp_path)
+    if meta == "short":
+        write_meta(tmp_path, "test", ["a", "b"])
+    elif meta == "no wsi column":
+        (tmp_path / "camelyonpatch_level_2_split_test_meta.csv").write_text("a,b\n" * (SIZES["test"] + 1))
+    splits = load_splits("classification", spec(tmp_path), tmp_path / "cache")
+    assert splits.test.groups is None and "test slides" not in splits.description

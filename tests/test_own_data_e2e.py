@@ -149,6 +149,7 @@ def folder_run(tmp_path_factory) -> Path:
 
 def test_class_folders_train_three_class_models_and_learn(folder_run):
     jobs = finished(folder_run)
+    assert "test_auc_groups" not in jobs[0]["metrics"]  # folders name no slides: patches resampled one by one
     check_three_classes(jobs, test_count=round(0.15 * 90))
     assert jobs[0]["metrics"]["test_balanced_accuracy"] > 0.6  # colour alone separates these classes
     assert "stratified by label" in jobs[0]["confusion"]["split_note"]
@@ -203,6 +204,8 @@ def test_a_manifest_with_slides_keeps_every_slide_in_one_split(tmp_path):
     assert {row["class"] for row in assignment if row["split"] == "test"} == set(CLASSES)
     test_count = sum(row["split"] == "test" for row in assignment)
     check_three_classes(jobs, test_count)
+    test_slides = {row["group"] for row in assignment if row["split"] == "test"}
+    assert jobs[0]["metrics"]["test_auc_groups"] == len(test_slides)  # the AUC interval resampled whole slides
 
 
 def test_medmnist_npz_keeps_its_own_splits(tmp_path):

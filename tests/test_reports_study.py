@@ -459,3 +459,14 @@ def test_the_answer_says_why_a_difference_has_no_p_value(table):
     words = answer.answer(same, "classification")
     assert "+0.022 over cnn" not in words
     assert "against cnn it is +0.022, the same difference on every paired seed: no spread to test." in words
+
+
+def test_the_uncertainty_note_says_what_was_resampled():
+    from reports.study_report import _uncertainty_note
+
+    row = pd.Series({"name": "gcnn D4", "patch_ci_seed": 0, "test_auc_patch": 0.9, "test_auc_patch_low": 0.85,
+                     "test_auc_patch_high": 0.94, "test_auc_patch_groups": float("nan")})
+    assert "over test patches [0.850, 0.940]. Patches are resampled one by one" in _uncertainty_note(row)
+    slides = _uncertainty_note(row.copy().set_axis(row.index).replace({float("nan"): 12.0}))
+    assert "over the test set's 12 groups (slides or patients, resampled whole" in slides
+    assert "too narrow" not in slides

@@ -76,7 +76,8 @@ def test_resampled_aucs_equal_sklearns_auc_of_each_resample_with_ties():
     probs = np.round(rng.random(60) * 0.6 + 0.4 * labels, 1)  # rounded: many ties
     indices = rng.integers(0, 60, size=(40, 60))
     expected = [roc_auc_score(labels[i], probs[i]) for i in indices]
-    assert extra_metrics.resampled_aucs(labels, probs, indices) == pytest.approx(expected)
+    weights = np.stack([np.bincount(i, minlength=60) for i in indices]).astype(float)  # how often each is drawn
+    assert extra_metrics.resampled_aucs(labels, probs, weights) == pytest.approx(expected)
 
 
 def test_auc_interval_is_seeded_contains_the_auc_and_narrows_with_more_patches():
@@ -89,6 +90,23 @@ def test_auc_interval_is_seeded_contains_the_auc_and_narrows_with_more_patches()
     small_low, small_high = extra_metrics.auc_interval(labels[:200], probs[:200], seed=0)
     # The width shrinks as 1/sqrt(n): ten times the patches, about a third of the width.
     assert (high - low) < 0.5 * (small_high - small_low)
+
+
+def test_resampling_whole_slides_widens_the_interval_when_a_slides_patches_agree():
+    """40 slides of 25 near-copies each: the patch bootstrap takes them for 1,000 independent patches and gives an
+    interval far too narrow; resampling whole slides gives the width of 40 observations."""
+    rng = np.random.default_rng(4)
+    slide_label = rng.integers(0, 2, size=40)
+    slide_score = np.clip(rng.normal(0.4 + 0.2 * slide_label, 0.2), 0, 1)
+    labels, slides = np.repeat(slide_label, 25), np.repeat(np.arange(40), 25)
+    probs = np.clip(np.repeat(slide_score, 25) + rng.normal(0, 0.005, size=1000), 0, 1)
+    patch_low, patch_high = extra_metrics.auc_interval(labels, probs, seed=0)
+    low, high = extra_metrics.auc_interval(labels, probs, seed=0, groups=slides.astype(str))
+    assert low < roc_auc_score(labels, probs) < high
+    assert (high - low) > 3 * (patch_high - patch_low)
+    one_each = extra_metrics.auc_interval(labels[::25], probs[::25], seed=0)  # one patch per slide
+    assert (high - low) == pytest.approx(one_each[1] - one_each[0], rel=0.35)
+    assert (low, high) == extra_metrics.auc_interval(labels, probs, seed=0, groups=slides.astype(str))
 
 
 def test_auc_interval_without_both_classes_is_nan():

@@ -25,6 +25,9 @@ class Split:
     """Base class: `len(split)`, `split.labels` (classification labels or None) and `split.get_batch(indices)`."""
 
     labels: np.ndarray | None
+    # The slide or patient of each row, where the data names one (a manifest's or array file's `group`): the test
+    # metrics' bootstrap resamples whole groups then, as patches of one slide are not independent.
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError

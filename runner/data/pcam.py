@@ -6,6 +6,7 @@ into the worker; a larger one is mapped from a .npy copy in the cache that every
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import os
@@ -279,17 +280,39 @@ def load_pcam(root: Path, cache: Path, caps: dict[str, int], fraction: float, se
               name: str = "PatchCamelyon") -> Splits:
     """PCam-format files in `root` -> Splits. `caps` maps split -> max rows (0 = all); `fraction` thins train."""
     files = resolve_files(root, cache)
-    splits, parts = {}, []
+    splits, parts, selected = {}, [], {}
     for split in SPLITS:
         n = check_pair(files[split])
         labels = read_labels(files[split].y)
-        rows = select_rows(labels, seed, split, caps[split], fraction if split == "train" else 1.0)
+        rows = selected[split] = select_rows(labels, seed, split, caps[split], fraction if split == "train" else 1.0)
         splits[split] = load_split(files[split], rows, labels, in_memory, cache)
         parts.append(f"{split} {len(rows):,}" + (f" of {n:,}" if len(rows) < n else ""))
     size = _image_side(files["train"].x)
     mode = _mode(splits["train"])
     text = f"{name} ({root}): {', '.join(parts)}; fraction {fraction:g}; {size}x{size}; {mode}"
+    slides = slide_ids(root, "test", len(read_labels(files["test"].y)))
+    if slides is not None:  # the test metrics' bootstrap resamples whole slides then
+        splits["test"].groups = slides[selected["test"]]
+        text += f"; test slides from {meta_name('test')} ({len(set(splits['test'].groups))})"
     return Splits(splits["train"], splits["valid"], splits["test"], text, classes=PCAM_CLASSES)
+
+
+def meta_name(split: str) -> str:
+    return f"camelyonpatch_level_2_split_{split}_meta.csv"
+
+
+def slide_ids(root: Path, split: str, rows: int) -> np.ndarray | None:
+    """The `wsi` column of the split's _meta.csv (one line per patch, in file order), or None when the table is
+    absent or does not fit (it only refines the statistics, so it never stops a run)."""
+    path = Path(root) / meta_name(split)
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            column = next(reader).index("wsi")
+            ids = np.array([line[column] for line in reader], dtype=object)
+    except (OSError, StopIteration, ValueError, IndexError, csv.Error):
+        return None
+    return ids if len(ids) == rows else None
 
 
 def _mode(split: Split) -> str:

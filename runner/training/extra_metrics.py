@@ -12,9 +12,9 @@ which the database does not keep.
   how often the top class is right (the same keys).
 - Test-set uncertainty of one trained model: a seeded percentile bootstrap of test AUC (macro one-vs-rest for more
   than two classes) over test patches (`test_auc_low`, `test_auc_high`). With thousands of patches the percentile bootstrap is valid (with 3-10 seeds it
-  is not; see reports/stats.py). Patches are resampled one by one: patches of one slide are not independent, so for
-  PCam this interval is too narrow; resampling whole slides needs the split's slide ids, which the loader does not
-  carry yet.
+  is not; see reports/stats.py). Where the data names each patch's slide or patient (a manifest's or array file's
+  `group`), whole groups are resampled (`test_auc_groups` says how many): patches of one slide are not independent.
+  Otherwise (PCam, class folders) patches are resampled one by one, and the interval is too narrow.
 """
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ def end_of_job(config: JobConfig, model: torch.nn.Module, split: Split, device: 
     if config.task != "classification":
         return {}
     out = {**calibration(labels, probs)}
-    out["test_auc_low"], out["test_auc_high"] = auc_interval(labels, probs, config.seed)
+    out["test_auc_low"], out["test_auc_high"] = auc_interval(labels, probs, config.seed, groups=split.groups)
+    if split.groups is not None:
+        out["test_auc_groups"] = float(len(set(split.groups)))  # resampled whole: the report says how many
     if not d4_invariant(config):
         out.update(tta_metrics(config, model, split, device))
     return out
@@ -116,39 +118,64 @@ def top_label(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def auc_interval(labels: np.ndarray, probs: np.ndarray, seed: int, resamples: int = RESAMPLES,
-                 confidence: float = CONFIDENCE) -> tuple[float, float]:
+                 confidence: float = CONFIDENCE, groups: np.ndarray | None = None) -> tuple[float, float]:
     """The percentile bootstrap interval of ROC AUC over patches (seeded); NaN when a class is missing. (N, K)
-    probabilities: of the macro one-vs-rest AUC (a resample that misses a class is left out)."""
+    probabilities: of the macro one-vs-rest AUC (a resample that misses a class is left out). With `groups` (the
+    slide of each patch) whole groups are resampled (a cluster bootstrap): patches of one slide are not independent."""
     labels = np.asarray(labels).astype(np.int64).ravel()
     probs = np.asarray(probs, dtype=float)
     probs = probs if probs.ndim == 2 else probs.ravel()
     if len(np.unique(labels)) < (probs.shape[1] if probs.ndim == 2 else 2):
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    aucs = np.concatenate([resampled_macro_aucs(labels, probs, rng.integers(0, len(labels),
-                                                                             size=(min(_CHUNK, left), len(labels))))
+    draw = _patch_draws(len(labels)) if groups is None else _group_draws(groups)
+    aucs = np.concatenate([resampled_macro_aucs(labels, probs, draw(rng, min(_CHUNK, left)))
                            for left in range(resamples, 0, -_CHUNK)])
     tail = 100 * (1 - confidence) / 2
     low, high = np.nanpercentile(aucs, [tail, 100 - tail])
     return float(low), float(high)
 
 
-def resampled_macro_aucs(labels: np.ndarray, probs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+def _patch_draws(n: int):
+    """Resamples of patches: how often each patch is drawn, n draws with replacement."""
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        indices = rng.integers(0, n, size=(rows, n))
+        return np.stack([np.bincount(row, minlength=n) for row in indices]).astype(float)
+    return draw
+
+
+def _group_draws(groups: np.ndarray):
+    """Resamples of whole groups: each of the G groups drawn G times with replacement, every patch weighted by how
+    often its group was drawn."""
+    _, code = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    count = int(code.max()) + 1
+
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        return rng.multinomial(count, np.full(count, 1.0 / count), size=rows)[:, code].astype(float)
+    return draw
+
+
+def resampled_macro_aucs(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """resampled_aucs for (N,) P(class 1); for (N, K) the mean over classes of each one-vs-rest AUC per resample."""
     if probs.ndim == 1:
-        return resampled_aucs(labels, probs, indices)
-    return np.mean([resampled_aucs(labels == k, probs[:, k], indices) for k in range(probs.shape[1])], axis=0)
+        return resampled_aucs(labels, probs, weights)
+    return np.mean([resampled_aucs(labels == k, probs[:, k], weights) for k in range(probs.shape[1])], axis=0)
 
 
-def resampled_aucs(labels: np.ndarray, probs: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """ROC AUC of each resample (a row of `indices`), vectorised: AUC is the Mann-Whitney statistic, so it needs only
-    how many resampled patches of each class share each distinct score, not a sort per resample."""
-    values, group = np.unique(probs, return_inverse=True)
-    rows, width = indices.shape[0], len(values)
-    offsets = (np.arange(rows)[:, None] * width + group[indices]).ravel()
-    positive = labels[indices].ravel().astype(bool)
-    pos = np.bincount(offsets[positive], minlength=rows * width).reshape(rows, width)
-    neg = np.bincount(offsets[~positive], minlength=rows * width).reshape(rows, width)
+def resampled_aucs(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of each resample (a row of `weights`: how often each patch is in it), vectorised: AUC is the
+    Mann-Whitney statistic, so it needs only the weight of each class at each distinct score, not a sort per
+    resample."""
+    values, score = np.unique(probs, return_inverse=True)
+    rows, width = weights.shape[0], len(values)
+    offsets = np.arange(rows)[:, None] * width + score[None, :]
+    positive = np.asarray(labels).astype(bool)
+
+    def weight_at_scores(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(offsets[:, mask].ravel(), weights=weights[:, mask].ravel(),
+                           minlength=rows * width).reshape(rows, width)
+
+    pos, neg = weight_at_scores(positive), weight_at_scores(~positive)
     # Negatives scored below each positive, ties counting one half.
     below = np.cumsum(neg, axis=1) - neg
     wins = np.sum(pos * (below + 0.5 * neg), axis=1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from runner.data.batches import Splits
 from runner.data.patches import check, layouts, load, split
 from runner.data.patches.layouts import Catalog
@@ -39,8 +41,12 @@ def load_patches(data: DataSpec, cache_dir: Path) -> Splits:
     images = load.cached_images(catalog, data.crop, cached)
     assignment = split.assign(catalog, data.seed, cache_dir)
     labels = catalog.labels
-    splits = {s: load.build_split(images, labels, load.select(assignment.rows(s), labels, data, s), data.in_memory)
-              for s in SPLITS}
+    rows = {s: load.select(assignment.rows(s), labels, data, s) for s in SPLITS}
+    splits = {s: load.build_split(images, labels, rows[s], data.in_memory) for s in SPLITS}
+    if catalog.grouped:  # for the test metrics' slide-level bootstrap
+        groups = np.array([item.group for item in catalog.items], dtype=object)
+        for s in SPLITS:
+            splits[s].groups = groups[rows[s]]
     return Splits(splits["train"], splits["valid"], splits["test"],
                   load.describe(catalog, splits, images.shape[1], data), classes=catalog.classes,
                   split_note=assignment.note)
