@@ -149,6 +149,33 @@ def test_runners_creating_the_same_new_database_at_once_all_succeed(tmp_path):
             assert s.query(SchemaVersionModel).count() == 1
 
 
+def test_a_database_another_runner_is_still_creating_is_finished_not_refused(tmp_path):
+    """Some of the results tables and no version row yet: what a second runner sees while the first one creates
+    the database (or what a creation cut short leaves). It is completed, not called someone else's database."""
+    from sqlalchemy import create_engine
+
+    from runner.store.tables import BaseModel
+
+    url = f"sqlite:///{tmp_path / 'half.db'}"
+    engine = create_engine(url)
+    BaseModel.metadata.tables["experiments"].create(engine)
+    engine.dispose()
+    db = Database(url)
+    assert set(BaseModel.metadata.tables) <= set(inspect(db.engine).get_table_names())
+    with db.session() as s:
+        assert s.query(SchemaVersionModel).count() == 1
+
+
+def test_a_database_with_foreign_tables_is_refused_naming_them(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(DatabaseError, match=r"not a results database \(invoices\); use another --db"):
+        Database(f"sqlite:///{path}")
+
+
 def test_a_version_1_database_is_migrated_in_place_keeping_its_jobs(db_url):
     db, experiment_id, keys = make_db(db_url)
     with db.engine.begin() as connection:  # make it what a version-1 runner wrote

@@ -132,8 +132,8 @@ def test_a_runner_started_beside_a_live_one_takes_half_the_cores(tmp_path):
     spec, root = tmp_path / "spec.toml", tmp_path / "runs"
     spec.write_text(FOUR_JOBS)
     root.mkdir()
-    # The database first: two runners creating a fresh one at the same instant can race (a flake of its own, in
-    # runner/store: "holds tables that are not a results database"), not what this test is about.
+    # The database first, so neither runner's start spends time creating it (tests/test_db.py covers runners
+    # creating one at the same instant).
     Database(f"sqlite:///{root / 'results.db'}").engine.dispose()
     folder = tmp_path / "registry"
     env = {**os.environ, "CI": "true", "PYTHONWARNINGS": "ignore", registry.REGISTRY_ENV: str(folder)}

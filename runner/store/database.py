@@ -138,8 +138,12 @@ class Database:
     def _check_schema(self, create: bool) -> None:
         inspector = inspect(self.engine)
         if not inspector.has_table("schema_versions"):
-            if inspector.get_table_names():
-                raise DatabaseError(f"{self.url} holds tables that are not a results database; use another --db")
+            # Some of our own tables and no version yet: another runner is creating this database right now (or a
+            # creation was cut short); create_all adds only what is missing, so finishing it is safe.
+            foreign = set(inspector.get_table_names()) - set(BaseModel.metadata.tables)
+            if foreign:
+                raise DatabaseError(f"{self.url} holds tables that are not a results database "
+                                    f"({', '.join(sorted(foreign)[:5])}); use another --db")
             if not create:
                 raise DatabaseError(f"{self.url} has no results yet; run a spec first: python -m runner SPEC")
             self._create_schema()
