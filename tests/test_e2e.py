@@ -116,7 +116,9 @@ def test_tiny_run_records_everything_then_skips_and_reports(tmp_path, capsys):
     assert "tiny" in capsys.readouterr().out
     assert cli.main(["show", "1", "--root", str(root)]) == 0
     shown = capsys.readouterr().out
-    assert "done" in shown and "test_auc=" in shown and '"family": "cnn"' in shown
+    assert "done" in shown and '"family": "cnn"' in shown
+    assert re.search(r"^test: accuracy=[0-9.]+, auc=", shown, re.M) and "calibration bins (non-empty): " in shown
+    assert "calib_bin" not in shown  # thirty bin metrics on one line of their own
     assert cli.main(["show", "zzz", "--root", str(root)]) == 2
 
 

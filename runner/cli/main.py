@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -213,9 +214,8 @@ def cmd_show(args) -> int:
     if job.slurm_job_id:
         console.print(f"slurm: job {job.slurm_job_id}, array task {job.slurm_array_task_id}, node {job.slurm_node}")
     console.print_json(job.config_json)
-    if final:
-        console.print("final: " + ", ".join(f"{m.name}={m.value:.4g}" if m.value is not None else f"{m.name}=n/a"
-                                            for m in final))
+    for line in final_lines({m.name: m.value for m in final}):
+        console.print(line)
     if epochs:
         console.print(_epoch_table(epochs))
     rungs = db.rungs_of(job.job_id)
@@ -224,6 +224,38 @@ def cmd_show(args) -> int:
     if job.error:
         console.print(f"error: {job.error}\n{job.traceback or ''}")
     return EXIT_OK
+
+
+# How `show` groups a job's final metrics: the first prefix a name starts with (in this order) names its line.
+_FINAL_GROUPS = (("test_tta_", "test with TTA"), ("test_", "test"), ("valid_", "valid (best epoch)"))
+_SYMMETRY = ("invariance_error", "equivariance_error", "grid_error", "offgrid_error", "rot45_error")
+_CALIBRATION = re.compile(r"calib_bin(\d+)_([npy])$")
+
+
+def final_lines(final: dict[str, float | None]) -> list[str]:
+    """A job's final metrics, a line per kind (test, TTA, validation, symmetry, cost), the ten calibration bins on
+    one line of their own rather than thirty names."""
+    groups: dict[str, list[str]] = {}
+    bins: dict[int, dict[str, float | None]] = {}
+    for name, value in sorted(final.items()):
+        if match := _CALIBRATION.match(name):
+            bins.setdefault(int(match.group(1)), {})[match.group(2)] = value
+            continue
+        title = next((t for prefix, t in _FINAL_GROUPS if name.startswith(prefix)),
+                     "symmetry" if name in _SYMMETRY else "run")
+        short = name.removeprefix("test_tta_").removeprefix("test_").removeprefix("valid_") if title != "run" else name
+        groups.setdefault(title, []).append(f"{short}={_number(value)}")
+    lines = [f"{title}: {', '.join(groups[title])}" for title in ("test", "test with TTA", "valid (best epoch)",
+                                                                  "symmetry", "run") if title in groups]
+    filled = [f"{i}: n {_number(b.get('n'))}, p {_number(b.get('p'))}, observed {_number(b.get('y'))}"
+              for i, b in sorted(bins.items()) if b.get("n")]
+    if filled:
+        lines.append("calibration bins (non-empty): " + "; ".join(filled))
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _epoch_table(epochs) -> Table:
