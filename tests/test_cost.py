@@ -194,3 +194,25 @@ def test_calibrate_measures_once_and_a_later_dry_run_reuses_the_rates(tmp_path):
     (root / CALIBRATION_FILE).write_text("{ not json")  # a damaged file costs a re-measurement, not a crash
     broken = run_cli(spec, "--dry-run", "--root", root)
     assert broken.returncode == 0 and "No measured rate" in broken.stdout
+
+
+def test_a_folder_of_own_patches_is_counted_from_its_listing_without_writing(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("adipose", "stroma", "tumour"):
+        (tmp_path / "patches" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "patches" / name /
+                                                                                    f"{i}.png")
+    text = GRID.replace('source = "synthetic"', f'source = "folder"\nroot = "{tmp_path / "patches"}"').replace(
+        "train_size = 100\nvalid_size = 50\ntest_size = 40\nfraction = 0.5\nimage_size = 32\n",
+        "train_size = 0\nvalid_size = 0\ntest_size = 0\n")
+    root = tmp_path / "root"
+    done = run_cli(spec_file(tmp_path, text), "--dry-run", "--root", root)
+    assert done.returncode == 0, done.stderr
+    # 60 patches split 70/15/15: 42 / 9 / 9; 3 epochs x 42 trained per job, 2 seeds per model
+    rows = [line for line in done.stdout.splitlines() if line.startswith("│ grid")]
+    assert len(rows) == 2 and all("│     252 │" in row for row in rows), done.stdout
+    assert not root.exists()

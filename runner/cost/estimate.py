@@ -98,13 +98,25 @@ def estimate(spec: Spec, root: Path, device, calibrate: bool,
                 rates[key], sizes[dkey], changed = rate.to_dict(), vars(loaded), True
                 progress(f"  {rate.train_images_per_s:,.0f} training / {rate.eval_images_per_s:,.0f} evaluation "
                          f"img/s ({rate.calibrated_for:.1f} s)")
-            known = split_sizes(config["task"], config["data"])
-            known = known or (Sizes(**sizes[dkey]) if dkey in sizes else None)
+            known = (split_sizes(config["task"], config["data"]) or (Sizes(**sizes[dkey]) if dkey in sizes else None)
+                     or listed_sizes(config, sizes, dkey))
             parts.append(Part(config=config, sizes=known, rate=rates.get(key)))
         rows.append(Row(work=work, parts=tuple(parts)))
     if changed:
         write_store(root / CALIBRATION_FILE, store)
     return rows, name
+
+
+def listed_sizes(config: dict[str, Any], sizes: dict[str, Any], dkey: str) -> Sizes | None:
+    """A user's own source: its split sizes from the file listing (the check before a dry run has read it)."""
+    from runner.data import own_split_counts
+    from runner.spec.identity import config_from_dict
+
+    counts = own_split_counts(config["task"], config_from_dict(config).data)
+    if counts is None:
+        return None
+    sizes[dkey] = counts  # for the other rows of this source
+    return Sizes(**counts)
 
 
 def read_store(path: Path) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from runner.data import arrays, pcam, synthetic
 from runner.data.batches import Split, Splits, iterate_batches
 from runner.data.errors import DataError
 from runner.data.figure import sample_figure
-from runner.data.patches import PATCH_SOURCES, check_patches, load_patches
+from runner.data.patches import PATCH_SOURCES, check_patches, load_patches, split_counts
 from runner.spec.config import SOURCES, TASKS, DataSpec
 
-__all__ = ["DataError", "Split", "Splits", "check_source", "iterate_batches", "load_splits", "sample_figure"]
+__all__ = ["DataError", "Split", "Splits", "check_source", "iterate_batches", "load_splits", "own_split_counts", "sample_figure"]
 
 _TASK_SOURCES = {"classification": ("synthetic", "pcam", *PATCH_SOURCES),
                  "segmentation": ("synthetic", "folder", "arrays")}
@@ -55,6 +55,14 @@ def load_splits(task: str, data: DataSpec, cache_dir: Path) -> Splits:
         return pcam.load_pcam(_pcam_root(data), cache_dir / "pcam", caps, data.fraction, data.seed, data.in_memory)
     location = Path(data.root if data.source == "folder" else data.path)
     return arrays.load_user_segmentation(data.source, location, data.image_size, data.seed, caps, data.fraction)
+
+
+def own_split_counts(task: str, data: DataSpec) -> dict[str, int] | None:
+    """Patches per split of a user's own classification source, from its listing (nothing decoded or written);
+    None for the other sources, whose sizes the spec states."""
+    if task == "classification" and data.source in PATCH_SOURCES:
+        return split_counts(data)
+    return None
 
 
 def _check_combination(task: str, data: DataSpec) -> None:

@@ -16,7 +16,7 @@ from runner.data.patches.layouts import Catalog
 from runner.data.pcam import SPLITS
 from runner.spec.config import DataSpec
 
-__all__ = ["PATCH_SOURCES", "check_patches", "load_patches"]
+__all__ = ["PATCH_SOURCES", "check_patches", "load_patches", "split_counts"]
 
 PATCH_SOURCES = ("folder", "manifest", "arrays")
 
@@ -50,3 +50,12 @@ def load_patches(data: DataSpec, cache_dir: Path) -> Splits:
     return Splits(splits["train"], splits["valid"], splits["test"],
                   load.describe(catalog, splits, images.shape[1], data), classes=catalog.classes,
                   split_note=assignment.note)
+
+
+def split_counts(data: DataSpec) -> dict[str, int]:
+    """Patches per split a job would train and evaluate on (after the caps and data.fraction), from the listing
+    alone: nothing is decoded or written (the dry run's cost estimate)."""
+    catalog = layouts.find(data)
+    assignment = split.assign(catalog, data.seed, None)
+    labels = catalog.labels
+    return {s: len(load.select(assignment.rows(s), labels, data, s)) for s in SPLITS}
