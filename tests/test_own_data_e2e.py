@@ -155,6 +155,13 @@ def test_class_folders_train_three_class_models_and_learn(folder_run):
     assert "stratified by label" in jobs[0]["confusion"]["split_note"]
 
 
+def test_show_names_each_class_recall_and_prints_the_confusion_matrix(folder_run, capsys):
+    assert main(["show", "1", "--root", str(folder_run)]) == 0
+    shown = capsys.readouterr().out
+    assert all(f"recall[{name}]=" in shown for name in CLASSES) and "recall_0" not in shown
+    assert "test confusion (rows true, columns predicted): adipose: " in shown
+
+
 def test_the_report_names_the_classes_the_split_and_each_class_recall(folder_run):
     assert main(["report", "--root", str(folder_run)]) == 0
     text = (folder_run / "report" / "report.md").read_text()

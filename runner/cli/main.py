@@ -214,8 +214,13 @@ def cmd_show(args) -> int:
     if job.slurm_job_id:
         console.print(f"slurm: job {job.slurm_job_id}, array task {job.slurm_array_task_id}, node {job.slurm_node}")
     console.print_json(job.config_json)
-    for line in final_lines({m.name: m.value for m in final}):
+    confusion = _confusion(db, job.job_id) if final else {}
+    for line in final_lines({m.name: m.value for m in final}, tuple(confusion.get("classes", ()))):
         console.print(line)
+    if confusion.get("matrix") and len(confusion.get("classes", ())) > 2:
+        console.print("test confusion (rows true, columns predicted): "
+                      + "; ".join(f"{c}: {' '.join(str(v) for v in row)}"
+                                  for c, row in zip(confusion["classes"], confusion["matrix"])))
     if epochs:
         console.print(_epoch_table(epochs))
     rungs = db.rungs_of(job.job_id)
@@ -232,9 +237,16 @@ _SYMMETRY = ("invariance_error", "equivariance_error", "grid_error", "offgrid_er
 _CALIBRATION = re.compile(r"calib_bin(\d+)_([npy])$")
 
 
-def final_lines(final: dict[str, float | None]) -> list[str]:
+def _confusion(db: Database, job_id: int) -> dict:
+    """The job's confusion.json (classes, matrix), {} when it has none (segmentation, older jobs)."""
+    from reports.load import load_confusions
+
+    return load_confusions(db.engine, [job_id]).get(job_id, {})
+
+
+def final_lines(final: dict[str, float | None], classes: tuple[str, ...] = ()) -> list[str]:
     """A job's final metrics, a line per kind (test, TTA, validation, symmetry, cost), the ten calibration bins on
-    one line of their own rather than thirty names."""
+    one line of their own rather than thirty names; per-class recall by class name where the job names them."""
     groups: dict[str, list[str]] = {}
     bins: dict[int, dict[str, float | None]] = {}
     for name, value in sorted(final.items()):
@@ -244,6 +256,8 @@ def final_lines(final: dict[str, float | None]) -> list[str]:
         title = next((t for prefix, t in _FINAL_GROUPS if name.startswith(prefix)),
                      "symmetry" if name in _SYMMETRY else "run")
         short = name.removeprefix("test_tta_").removeprefix("test_").removeprefix("valid_") if title != "run" else name
+        if (recall := re.fullmatch(r"recall_(\d+)", short)) and int(recall.group(1)) < len(classes):
+            short = f"recall[{classes[int(recall.group(1))]}]"
         groups.setdefault(title, []).append(f"{short}={_number(value)}")
     lines = [f"{title}: {', '.join(groups[title])}" for title in ("test", "test with TTA", "valid (best epoch)",
                                                                   "symmetry", "run") if title in groups]
