@@ -45,7 +45,7 @@ def calibrate(config_dict: dict[str, Any], device: torch.device, cache_dir: Path
     config = config_from_dict(config_dict)
     splits = load_splits(config.task, config.data, cache_dir)
     sizes = Sizes(train=len(splits.train), valid=len(splits.valid), test=len(splits.test))
-    classes = max(len(splits.classes), 2)
+    classes = loop.class_count(splits)
     loop.build(config, classes)  # a worker builds many models: the first build's one-off costs stay out
     build_start = time.monotonic()
     model = loop.build(config, classes).to(device)

@@ -84,7 +84,7 @@ def estimate(spec: Spec, root: Path, device, calibrate: bool,
     store = read_store(root / CALIBRATION_FILE)
     name = device_name(device)
     rates, sizes = store["rates"].setdefault(name, {}), store["sizes"]
-    changed = False
+    changed, listed = False, {}
     rows = []
     for work in spec_work(spec):
         parts = []
@@ -98,8 +98,9 @@ def estimate(spec: Spec, root: Path, device, calibrate: bool,
                 rates[key], sizes[dkey], changed = rate.to_dict(), vars(loaded), True
                 progress(f"  {rate.train_images_per_s:,.0f} training / {rate.eval_images_per_s:,.0f} evaluation "
                          f"img/s ({rate.calibrated_for:.1f} s)")
-            known = (split_sizes(config["task"], config["data"]) or (Sizes(**sizes[dkey]) if dkey in sizes else None)
-                     or listed_sizes(config, sizes, dkey))
+            if dkey not in listed:  # own files are counted afresh each time: they may have changed since
+                listed[dkey] = split_sizes(config["task"], config["data"]) or listed_sizes(config)
+            known = listed[dkey] or (Sizes(**sizes[dkey]) if dkey in sizes else None)
             parts.append(Part(config=config, sizes=known, rate=rates.get(key)))
         rows.append(Row(work=work, parts=tuple(parts)))
     if changed:
@@ -107,16 +108,14 @@ def estimate(spec: Spec, root: Path, device, calibrate: bool,
     return rows, name
 
 
-def listed_sizes(config: dict[str, Any], sizes: dict[str, Any], dkey: str) -> Sizes | None:
-    """A user's own source: its split sizes from the file listing (the check before a dry run has read it)."""
+def listed_sizes(config: dict[str, Any]) -> Sizes | None:
+    """A user's own classification source: its split sizes from the file listing; None for other sources (a
+    segmentation folder's tile counts are known once calibration has loaded it)."""
     from runner.data import own_split_counts
     from runner.spec.identity import config_from_dict
 
     counts = own_split_counts(config["task"], config_from_dict(config).data)
-    if counts is None:
-        return None
-    sizes[dkey] = counts  # for the other rows of this source
-    return Sizes(**counts)
+    return None if counts is None else Sizes(**counts)
 
 
 def read_store(path: Path) -> dict[str, Any]:

@@ -57,9 +57,11 @@ class Sizes:
     test: int
 
 
-# Searched keys that change what a job costs per image: a trial is costed at both ends of their ranges.
-COST_KEYS = ("model.width", "model.depth", "model.kernel_size", "model.max_frequency", "model.group",
-             "model.family", "model.match", "train.batch_size", "data.fraction", "data.image_size", "data.crop")
+# Searched keys that change what a job costs: those its rate depends on (cost_key), the augmentation, and the
+# share of the data it trains on. A trial is costed at both ends of their ranges.
+COST_KEYS = frozenset({f"{section}.{key}" for section, keys in _COST_PARTS.items() for key in keys}
+                      | {"augment.geometric", "augment.stain", "augment.brightness", "augment.contrast",
+                         "data.fraction"})
 
 
 @dataclass(frozen=True)

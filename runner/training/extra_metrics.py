@@ -140,7 +140,8 @@ def _patch_draws(n: int):
     """Resamples of patches: how often each patch is drawn, n draws with replacement."""
     def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
         indices = rng.integers(0, n, size=(rows, n))
-        return np.stack([np.bincount(row, minlength=n) for row in indices]).astype(float)
+        flat = (np.arange(rows)[:, None] * n + indices).ravel()  # one bincount for all rows of the block
+        return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(float)
     return draw
 
 
