@@ -11,13 +11,13 @@ import csv
 import hashlib
 import io
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from runner.atomic import write_bytes
 from runner.data.arrays import SHARES
 from runner.data.errors import DataError
 from runner.data.patches.layouts import Catalog, few
@@ -144,14 +144,8 @@ def record_text(catalog: Catalog, split_of: tuple[str, ...]) -> str:
 def write_record(path: Path, catalog: Catalog, split_of: tuple[str, ...]) -> None:
     """Temp file + rename: a crash never leaves half a record, and concurrent writers write the same bytes."""
     data = record_text(catalog, split_of).encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with space_for(path.parent, len(data)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with space_for(path.parent, len(data)):
+        write_bytes(path, data)
 
 
 def read_record(path: Path, catalog: Catalog) -> tuple[str, ...] | None:
